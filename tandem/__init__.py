@@ -1,0 +1,1 @@
+"""Tandem: self-supervised pretraining and transfer in JAX."""
