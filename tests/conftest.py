@@ -1,8 +1,65 @@
-"""Test set-up: 8 fake CPU devices so multi-device sharding is tested on one CPU.
+"""Test set-up: 8 fake CPU devices so multi-device sharding is tested on one CPU,
+and a tiny Fashion-MNIST-format dataset so the real configs run without the full data.
 
-The flag must be set before JAX initialises its backend, hence at import time here.
+The XLA flag must be set before JAX initialises its backend, hence at import time.
 """
+import gzip
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+
+def write_idx(path, array: np.ndarray) -> None:
+  """Writes a gzipped IDX file (the Fashion-MNIST distribution format)."""
+  header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+      int(d).to_bytes(4, "big") for d in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion_mnist(directory, num_train: int = 320, num_test: int = 160, seed=0):
+  """Class-dependent images (a bright bar whose position encodes the label)."""
+  rng = np.random.default_rng(seed)
+  arrays = {}
+  for split, n in (("train", num_train), ("t10k", num_test)):
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+      images[i, 2 + 2 * label:5 + 2 * label, 4:24] = 230
+    write_idx(os.path.join(directory, f"{split}-images-idx3-ubyte.gz"), images)
+    write_idx(os.path.join(directory, f"{split}-labels-idx1-ubyte.gz"), labels)
+    arrays[split] = (images, labels)
+  return arrays
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+  """A data dir holding a small `fashion_mnist` built by the project's builder."""
+  from tandem.data import prepare  # pylint: disable=g-import-not-at-top
+  idx_dir = tmp_path_factory.mktemp("idx")
+  fake_fashion_mnist(str(idx_dir))
+  data_dir = tmp_path_factory.mktemp("tfds")
+  old = os.environ.get("TANDEM_FASHION_MNIST_DIR")
+  os.environ["TANDEM_FASHION_MNIST_DIR"] = str(idx_dir)
+  try:
+    prepare.prepare("fashion_mnist", str(data_dir))
+  finally:
+    if old is None:
+      del os.environ["TANDEM_FASHION_MNIST_DIR"]
+    else:
+      os.environ["TANDEM_FASHION_MNIST_DIR"] = old
+  return str(data_dir)
+
+
+def pytest_configure(config):
+  """A persistent XLA compilation cache: the suite compiles the same steps often."""
+  del config
+  import jax  # pylint: disable=g-import-not-at-top
+  cache = os.environ.get("TANDEM_TEST_COMPILATION_CACHE",
+                         os.path.join(os.path.expanduser("~"), ".cache", "tandem-xla"))
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -1,0 +1,33 @@
+# Set-up, demo and tests. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+DATA_DIR ?= $(or $(TANDEM_DATA_DIR),$(HOME)/tensorflow_datasets)
+WORKDIR ?= workdirs/demo_barlow_twins
+FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: install install-test fashion-mnist demo test bench
+
+install:
+	$(PIP) install -q -e ".[cpu]"
+
+install-test:
+	$(PIP) install -q -e ".[cpu,test]"
+
+# Fashion-MNIST from the Debian package when we can install it (root), otherwise
+# the builder falls back to the standard TFDS download.
+fashion-mnist:
+	@if [ ! -f $(FMNIST_DEB_DIR)/train-images-idx3-ubyte.gz ] && [ "$$(id -u)" = 0 ] \
+	    && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q dataset-fashion-mnist || \
+	   (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
+	fi
+	$(PYTHON) -m tandem.data.prepare --dataset fashion_mnist --data_dir $(DATA_DIR)
+
+demo: install fashion-mnist
+	$(PYTHON) -m tandem.ssl.train \
+	  --config configs/ssl/barlow_twins.py:dataset=fashion_mnist,model=cnn \
+	  --config.data_dir=$(DATA_DIR) --config.evals.baselines=True \
+	  --workdir $(WORKDIR)
+
+test: install-test fashion-mnist
+	$(PYTHON) -m pytest -q tests

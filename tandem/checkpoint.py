@@ -1,0 +1,138 @@
+"""Orbax checkpoints: periodic asynchronous saves, resume, and params-only restore.
+
+Layout: `workdir/checkpoints/<step>/{model,train_state,data}` plus
+`workdir/config.json`.
+- `model`: params and model state (batch-norm statistics): everything inference
+  needs, restorable alone, on any devices, for analysis.
+- `train_state`: optimizer state, step, rng, and the first step whose loss was not
+  finite (-1 if none).
+- `data`: the input iterator's state (JSON), so resume continues the same stream.
+
+Orbax writes each step into a temporary directory and renames it only once every
+item is complete, so a half-written checkpoint (process killed mid-save) is never
+listed by `latest_step()` and never picked up on resume.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ("model", "train_state", "data")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint is missing, incomplete or unreadable."""
+
+
+def _handlers():
+  return {"model": ocp.StandardCheckpointHandler(),
+          "train_state": ocp.StandardCheckpointHandler(),
+          "data": ocp.JsonCheckpointHandler()}
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class Checkpointer:
+  """Saves and restores the full training state of one run."""
+
+  def __init__(self, workdir: str, *, keep: int = 2, async_save: bool = True):
+    self.manager = ocp.CheckpointManager(
+        checkpoint_dir(workdir),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True,
+            enable_async_checkpointing=async_save),
+        item_handlers=_handlers())
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, params, state, data_state: dict[str, Any]) -> None:
+    """Saves params and the train state (a dict holding `model_state`)."""
+    model, train_state = _split(params, state)
+    self.manager.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(model),
+        train_state=ocp.args.StandardSave(train_state),
+        data=ocp.args.JsonSave(data_state)), force=True)
+
+  def restore(self, step: int, abstract_params, abstract_state):
+    """Restores (params, state, data_state) onto the shardings of the abstract trees."""
+    model, train_state = _split(abstract_params, abstract_state)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          model=ocp.args.StandardRestore(model),
+          train_state=ocp.args.StandardRestore(train_state),
+          data=ocp.args.JsonRestore()))
+    except Exception as e:  # Orbax raises many types; say which checkpoint failed.
+      raise CheckpointError(
+          f"Could not restore checkpoint step {step} from "
+          f"{self.manager.directory}: {type(e).__name__}: {e}. If it is corrupt, "
+          "delete that step's directory to resume from the previous one.") from e
+    model, state = restored["model"], dict(restored["train_state"])
+    state["model_state"] = model["model_state"]
+    return model["params"], state, restored["data"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _split(params, state):
+  model = {"params": params, "model_state": state["model_state"]}
+  train_state = {k: v for k, v in state.items() if k != "model_state"}
+  return model, train_state
+
+
+def restore_params(workdir: str, step: int | None = None,
+                   sharding: jax.sharding.Sharding | None = None):
+  """Restores the params and model state of `step` (default: latest), no optimizer.
+
+  Placed on `sharding` (default: the first local device), whatever topology the
+  checkpoint was saved on. Returns (params, model_state, step).
+  """
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"No checkpoints in {workdir!r} (expected {directory}).")
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers=_handlers())
+  steps = manager.all_steps()
+  if not steps:
+    raise CheckpointError(f"No complete checkpoint in {directory}.")
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise CheckpointError(f"No checkpoint for step {step} in {directory}; "
+                          f"available steps: {sorted(steps)}.")
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  try:
+    metadata = manager.item_metadata(step)["model"].tree
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
+    model = manager.restore(step, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(abstract)))["model"]
+  except Exception as e:
+    raise CheckpointError(f"Could not restore params of step {step} from "
+                          f"{directory}: {type(e).__name__}: {e}") from e
+  return model["params"], model.get("model_state") or {}, step
+
+
+def write_config(workdir: str, config) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def read_config_dict(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)

@@ -1,0 +1,78 @@
+"""Metrics to JSONL and TensorBoard event files, and a one-line progress display.
+
+TensorBoard events are written with tensorboardX (protobuf only, no TensorFlow).
+Only process 0 writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+
+class MetricsWriter:
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    from tensorboardX import SummaryWriter  # Imported lazily: slow import.
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    values = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+    self._jsonl.flush()
+    for k, v in values.items():
+      self._tb.add_scalar(k, v, int(step))
+    self._tb.flush()
+
+  def write_images(self, step: int, name: str, images) -> None:
+    if self.enabled:
+      self._tb.add_images(name, np.asarray(images), int(step), dataformats="NHWC")
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def _fmt_seconds(s: float) -> str:
+  s = int(max(s, 0))
+  return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+  """Step, loss, images/s and ETA; redraws one line on a terminal, prints lines elsewhere."""
+
+  def __init__(self, total_steps: int, batch_size: int, first_step: int = 0):
+    self.total, self.batch = total_steps, batch_size
+    self.tty = sys.stdout.isatty()
+    self._t, self._step = time.time(), first_step
+    self.enabled = jax.process_index() == 0
+
+  def update(self, step: int, loss: float) -> float:
+    """Prints progress; returns images/s since the last call."""
+    now = time.time()
+    rate = (step - self._step) * self.batch / max(now - self._t, 1e-9)
+    eta = (self.total - step) * self.batch / max(rate, 1e-9)
+    self._t, self._step = now, step
+    if self.enabled:
+      line = (f"step {step}/{self.total} | loss {loss:.4f} | {rate:.0f} img/s | "
+              f"eta {_fmt_seconds(eta)}")
+      print("\r" + line + " " * 8 if self.tty else line, end="" if self.tty else "\n",
+            flush=True)
+    return rate
+
+  def message(self, text: str) -> None:
+    if self.enabled:
+      print(("\n" if self.tty else "") + text, flush=True)

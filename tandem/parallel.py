@@ -1,0 +1,112 @@
+"""Device mesh, partition rules and host-to-global batch placement.
+
+The mesh has three named axes, `data`, `fsdp` and `model`, sized from the config
+(`config.mesh`, -1 means "all remaining devices"). Axes are created as
+`AxisType.Auto` on purpose: in jax 0.10 `jax.make_mesh` defaults to Explicit axes,
+which would require sharding-in-types annotations throughout model code; with Auto
+axes the compiler propagates the shardings we give to `jax.jit`.
+
+Parameters (and the optimizer state that mirrors them) are placed by a list of
+`(regex, spec)` rules from the config, first match wins; `spec` is a tuple of mesh
+axis names (or None) for the leading dimensions. A rule whose spec is longer than a
+leaf's rank leaves that leaf replicated (so `opt_state/count` and scalars are safe).
+
+The batch is split over (`data`, `fsdp`): data parallelism and fully-sharded data
+parallelism both consume batch shards. Losses that need the global batch (Barlow
+Twins cross-correlation, contrastive negatives, batch-norm statistics) are written
+as ordinary array code on these global arrays, so XLA inserts the collectives and
+the result equals the single-device result.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "model")
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Builds a `Mesh` with axes `data`, `fsdp`, `model` from `{axis: size}`."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = {axis: int(mesh_config.get(axis, 1)) for axis in AXES}
+  unknown = set(mesh_config.keys()) - set(AXES)
+  if unknown:
+    raise ValueError(f"Unknown mesh axes {sorted(unknown)}; the axes are {AXES}.")
+  free = [a for a, s in sizes.items() if s == -1]
+  if len(free) > 1:
+    raise ValueError(f"At most one mesh axis may be -1, got {free}.")
+  fixed = int(np.prod([s for s in sizes.values() if s != -1]))
+  if free:
+    if len(devices) % fixed:
+      raise ValueError(f"{len(devices)} devices are not divisible by {fixed} "
+                       f"(mesh {dict(mesh_config)}).")
+    sizes[free[0]] = len(devices) // fixed
+  if int(np.prod(list(sizes.values()))) != len(devices):
+    raise ValueError(f"Mesh {sizes} needs {int(np.prod(list(sizes.values())))} "
+                     f"devices, but {len(devices)} are available.")
+  shape = tuple(sizes[a] for a in AXES)
+  return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                       devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def path_str(path) -> str:
+  """'params/encoder/conv1/kernel' style name for a tree path."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def _spec_for(name: str, shape, rules, mesh: Mesh) -> P:
+  for pattern, spec in rules:
+    if re.search(pattern, name):
+      spec = tuple(spec)
+      if len(spec) > len(shape):
+        return P()
+      for dim, axis in zip(shape, spec):
+        if axis is None:
+          continue
+        size = int(np.prod([mesh.shape[a] for a in
+                            (axis if isinstance(axis, (tuple, list)) else (axis,))]))
+        if dim % size:
+          raise ValueError(
+              f"Partition rule ({pattern!r}, {spec}) shards {name} of shape {shape} "
+              f"over {axis} of size {size}, which does not divide {dim}. "
+              "Change the rule in config.partition_rules or the mesh.")
+      return P(*spec)
+  return P()
+
+
+def tree_shardings(tree: Any, rules, mesh: Mesh) -> Any:
+  """NamedShardings for every leaf of `tree` (arrays or ShapeDtypeStructs)."""
+  rules = [(pattern, tuple(spec)) for pattern, spec in rules]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: NamedSharding(
+          mesh, _spec_for(path_str(path), np.shape(leaf), rules, mesh)),
+      tree)
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """Turns this process's slice of the batch into global arrays on the batch axes."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      local_batch)

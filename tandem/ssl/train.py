@@ -1,0 +1,337 @@
+r"""The one pretraining loop, for every objective in `tandem/ssl/`.
+
+    python -m tandem.ssl.train --config configs/ssl/barlow_twins.py:dataset=fashion_mnist \
+        --workdir /tmp/bt [--config.total_steps=3000 ...]
+
+Read top to bottom: config → mesh → data → model/optimizer → sharding → step →
+checkpoint → evals → loop. The objective is looked up by name
+(`tandem.ssl.<config.objective>`) and provides `make_model(config)` and
+`make_loss_fn(model, config)` with
+`loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))`.
+
+Interrupting (SIGTERM or Ctrl-C) finishes the current step, saves a checkpoint and
+exits; the same command resumes from the workdir (params, batch stats, optimizer
+state, step, rng and data-iterator position). A non-finite loss stops the run with
+the step where it first happened; non-finite states are never saved, so the last
+checkpoint stays the last good one.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import signal
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from tandem import checkpoint
+from tandem import config_arg as config_arg_lib
+from tandem import metrics_writer
+from tandem import optimizers
+from tandem import parallel
+from tandem.data import input_pipeline
+from tandem.transfer import features
+from tandem.transfer import linear_probe
+
+# Keys that may differ between a run and its resumption without refusal.
+RESUME_IGNORED_KEYS = ("allow_config_change",)
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class ConfigMismatchError(ValueError):
+  pass
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def check_config_matches_workdir(config, workdir: str) -> None:
+  """Refuses to resume a workdir whose checkpoints came from a different config."""
+  saved = checkpoint.read_config_dict(workdir)
+  if saved is None or not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+    return
+  if config.allow_config_change:
+    return
+  current = json.loads(config.to_json_best_effort())
+  old, new = _flatten(saved), _flatten(current)
+  diffs = sorted(k for k in set(old) | set(new)
+                 if k not in RESUME_IGNORED_KEYS and old.get(k) != new.get(k))
+  if diffs:
+    lines = "\n".join(f"  {k}: workdir has {old.get(k)!r}, now {new.get(k)!r}"
+                      for k in diffs[:20])
+    raise ConfigMismatchError(
+        f"Workdir {workdir} holds checkpoints from a different config:\n{lines}\n"
+        "Use a new --workdir, or pass --config.allow_config_change=True to resume "
+        "anyway.")
+
+
+def _make_step(loss_fn, tx, lr_schedule):
+  def train_step(params, state, batch):
+    step = state["step"]
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (metrics, model_state)), grads = grad_fn(
+        params, state["model_state"], batch, rng)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    params = optax.apply_updates(params, updates)
+    first_nonfinite = jnp.where(
+        (state["nonfinite_step"] < 0) & ~jnp.isfinite(loss), step,
+        state["nonfinite_step"])
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
+               "lr": lr_schedule(step)}
+    state = dict(opt_state=opt_state, model_state=model_state, step=step + 1,
+                 rng=state["rng"], nonfinite_step=first_nonfinite)
+    return params, state, metrics
+  return train_step
+
+
+class _StopSignal:
+  """Turns SIGTERM/SIGINT into a flag checked between steps."""
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: signals stay with the caller.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+    # A second signal acts as usual (e.g. a second Ctrl-C kills).
+    signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Pretrains per `config` in `workdir`; returns the final metrics."""
+  # --- Config -----------------------------------------------------------------
+  objective = importlib.import_module(f"tandem.ssl.{config.objective}")
+  check_config_matches_workdir(config, workdir)
+  if jax.process_index() == 0:
+    checkpoint.write_config(workdir, config)
+  data_dir = input_pipeline.resolve_data_dir(config.data_dir or None)
+
+  # --- Mesh ---------------------------------------------------------------------
+  mesh = parallel.make_mesh(config.mesh)
+  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.input.batch_size % batch_shards:
+    raise ValueError(f"config.input.batch_size={config.input.batch_size} must be "
+                     f"divisible by the {batch_shards} batch shards of the mesh.")
+
+  # --- Data ---------------------------------------------------------------------
+  train_iter = input_pipeline.make_train_iterator(
+      config.dataset, config.train_split, data_dir=data_dir,
+      image_size=config.input.image_size, channels=config.input.channels,
+      global_batch_size=config.input.batch_size, seed=config.seed)
+
+  # --- Model and optimizer --------------------------------------------------------
+  model = objective.make_model(config)
+  loss_fn = objective.make_loss_fn(model, config)
+  tx, lr_schedule = optimizers.make_optimizer(config)
+  size, channels = config.input.image_size, config.input.channels
+  dummy = jnp.zeros((2, size, size, channels), jnp.float32)
+
+  def init(rng):
+    variables = dict(model.init(rng, dummy, train=False))
+    params = variables.pop("params")
+    state = dict(opt_state=tx.init(params), model_state=variables,
+                 step=jnp.zeros((), jnp.int32),
+                 rng=jax.random.key_data(jax.random.key(config.seed + 1)),
+                 nonfinite_step=jnp.full((), -1, jnp.int32))
+    return params, state
+
+  # --- Sharding -----------------------------------------------------------------
+  abstract_params, abstract_state = jax.eval_shape(init, jax.random.key(config.seed))
+  rules = config.partition_rules
+  params_sharding = parallel.tree_shardings(abstract_params, rules, mesh)
+  state_sharding = parallel.tree_shardings(abstract_state, rules, mesh)
+  batch_sharding = parallel.batch_sharding(mesh)
+  params, state = jax.jit(init, out_shardings=(params_sharding, state_sharding))(
+      jax.random.key(config.seed))
+
+  # --- Step -----------------------------------------------------------------------
+  train_step = jax.jit(
+      _make_step(loss_fn, tx, lr_schedule),
+      in_shardings=(params_sharding, state_sharding, batch_sharding),
+      out_shardings=(params_sharding, state_sharding, parallel.replicated(mesh)),
+      donate_argnums=(0, 1))
+
+  # --- Checkpoint -----------------------------------------------------------------
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep,
+                                 async_save=config.checkpoint.async_save)
+  resumed_step = ckpt.latest_step()
+  if resumed_step is not None:
+    with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+    params, state, data_state = ckpt.restore(
+        resumed_step, jax.tree.map(with_sharding, abstract_params, params_sharding),
+        jax.tree.map(with_sharding, abstract_state, state_sharding))
+    train_iter.set_state(data_state)
+    logging.info("Resumed from step %d in %s.", resumed_step, workdir)
+  first_step = int(state["step"])
+
+  # --- Evals --------------------------------------------------------------------
+  writer = metrics_writer.MetricsWriter(workdir)
+  progress = metrics_writer.Progress(config.total_steps, config.input.batch_size,
+                                     first_step)
+  evaluator = linear_probe.Evaluator(config, data_dir=data_dir, mesh=mesh)
+  results = {}
+
+  def run_evals(step, params, state):
+    t0 = time.time()
+    metrics = evaluator.run(features.encoder_variables(params, state["model_state"]))
+    writer.write(step, metrics)
+    progress.message(f"eval @ step {step} ({time.time() - t0:.0f}s): " + ", ".join(
+        f"{k} {v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+  if first_step == 0 and config.evals.get("baselines", False):
+    results["baseline/random_init"] = run_evals(0, params, state)
+    results["baseline/raw_pixels"] = evaluator.run_raw_pixels()
+    writer.write(0, results["baseline/raw_pixels"])
+
+  def save(step, params, state):
+    nonfinite = int(state["nonfinite_step"])
+    if nonfinite >= 0:
+      ckpt.wait()
+      raise NonFiniteLossError(
+          f"Loss became non-finite at step {nonfinite}. Stopped at step {step}; "
+          f"the last good checkpoint is step {ckpt.latest_step()} in {workdir}. "
+          "Lower the learning rate or check the inputs, then resume from it.")
+    ckpt.save(step, params, state, data_state=train_iter.get_state())
+
+  # --- Loop -----------------------------------------------------------------------
+  step = first_step
+  last_metrics = {}
+  with _StopSignal() as stop:
+    while step < config.total_steps:
+      batch = parallel.global_batch(next(train_iter), mesh)
+      params, state, metrics = train_step(params, state, batch)
+      step += 1
+      if step % config.log_every == 0 or step == config.total_steps:
+        last_metrics = jax.device_get(metrics)
+        if int(state["nonfinite_step"]) >= 0:
+          save(step, params, state)  # Raises NonFiniteLossError.
+        last_metrics["images_per_sec"] = progress.update(
+            step, float(last_metrics["loss"]))
+        writer.write(step, last_metrics)
+      if stop.signum is not None:
+        save(step, params, state)
+        ckpt.close()
+        writer.close()
+        progress.message(f"Stopped by signal {stop.signum} at step {step}; "
+                         f"checkpoint saved in {workdir}. Run the same command "
+                         "to resume.")
+        return {"interrupted_at": step}
+      if step % config.checkpoint.every == 0 or step == config.total_steps:
+        save(step, params, state)
+      if config.evals.every and step % config.evals.every == 0 \
+          and step < config.total_steps:
+        results.update(run_evals(step, params, state))
+
+  if step == config.total_steps and ckpt.latest_step() != step:
+    save(step, params, state)
+  results["final"] = run_evals(step, params, state)
+  ckpt.close()
+  writer.close()
+  results["final"].update({k: float(v) for k, v in last_metrics.items()})
+  results["step"] = step
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    _print_summary(results, config)
+  return results
+
+
+def _print_summary(results: dict, config) -> None:
+  layer = config.evals.linear_probe.layer
+  rows = [("pretrained " + config.objective,
+           results["final"].get(f"linear_probe/{layer}/test_top1"))]
+  if "baseline/random_init" in results:
+    rows += [("same encoder, random weights",
+              results["baseline/random_init"][f"linear_probe/{layer}/test_top1"]),
+             ("raw pixels", results["baseline/raw_pixels"]
+              ["linear_probe/raw_pixels/test_top1"])]
+  print(f"\nLinear probe ({layer}, L2 chosen on a split of train) on "
+        f"{config.evals.linear_probe.dataset} {config.evals.linear_probe.test_split}:")
+  for name, value in rows:
+    print(f"  {name:<34s} {100 * value:6.2f}%")
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+
+
+def _parse_flags(argv):
+  """absl flag parsing, with unknown `--config.x` keys reported by name."""
+  try:
+    return FLAGS(argv)
+  except Exception as e:  # Flag and config errors come in many types.
+    config_arg = None
+    for i, a in enumerate(argv):
+      if a.startswith("--config="):
+        config_arg = a.split("=", 1)[1]
+      elif a == "--config" and i + 1 < len(argv):
+        config_arg = argv[i + 1]
+    if config_arg:
+      try:
+        path, _, arg = config_arg.partition(":")
+        spec = importlib.util.spec_from_file_location("_tandem_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(*([arg] if arg else []))
+      except Exception as load_error:  # The config file itself is broken.
+        sys.exit(f"Error: could not load config {config_arg!r}: {load_error}")
+      unknown = config_arg_lib.unknown_override_keys(config, argv)
+      if unknown:
+        sys.exit("Error: " + "; ".join(
+            f"unknown config key {path!r} (no such field under {parent}; "
+            f"fields there: {', '.join(known)})" for path, parent, known in unknown))
+    sys.exit(f"Error: {type(e).__name__}: {e}")
+
+
+def main(argv):
+  del argv
+  if FLAGS.config is None or FLAGS.workdir is None:
+    sys.exit("Usage: python -m tandem.ssl.train --config FILE[:ARG] --workdir DIR")
+  try:
+    train(FLAGS.config, FLAGS.workdir)
+  except (input_pipeline.DatasetNotPreparedError, ConfigMismatchError,
+          NonFiniteLossError, checkpoint.CheckpointError) as e:
+    sys.exit(f"Error: {e}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,113 @@
+"""Frozen-feature extraction with a checkpoint's own preprocessing.
+
+Every objective keeps its image backbone under the `encoder` key of its params (and
+batch stats), built by `tandem.models.get_model(config.model_name, **config.model)`.
+Extraction runs that backbone in eval mode (running batch-norm statistics) on uint8
+NHWC images of any size and channel count: images are resized to
+`config.input.image_size`, converted to `config.input.channels`, scaled to [0, 1]
+and normalised with the config's mean/std, exactly as in pretraining. Spatial
+layers ([B, H, W, C]) are global-average-pooled and token layers ([B, N, D]) are
+mean-pooled to vectors; `pre_logits` is used as is.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tandem import models
+from tandem import parallel
+from tandem.data import image_ops
+from tandem.data import preprocess
+
+
+def encoder_variables(params, model_state) -> dict:
+  """The backbone's variables out of an objective's params and model state."""
+  variables = {"params": params["encoder"]}
+  stats = (model_state or {}).get("batch_stats", {})
+  if "encoder" in stats:
+    variables["batch_stats"] = stats["encoder"]
+  return variables
+
+
+def _pool(x):
+  if x.ndim == 4:
+    return x.mean(axis=(1, 2))
+  if x.ndim == 3:
+    return x.mean(axis=1)
+  return x
+
+
+@functools.lru_cache(maxsize=16)
+def _embed_fn(model_name: str, model_kwargs: tuple, layer: str, mean: tuple,
+              std: tuple):
+  model = models.get_model(model_name, **dict(model_kwargs))
+
+  @jax.jit
+  def embed(variables, images_uint8):
+    x = preprocess.normalize(images_uint8.astype(jnp.float32) / 255.0, mean, std)
+    out = model.apply(variables, x, train=False)
+    if layer not in out:
+      raise KeyError(f"Layer {layer!r} not in the model's outputs {sorted(out)}.")
+    return _pool(out[layer]).astype(jnp.float32)
+
+  return embed
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _replicate(x, sharding):
+  return jax.lax.with_sharding_constraint(x, sharding)
+
+
+def _freeze(value):
+  if isinstance(value, dict):
+    return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+  if isinstance(value, list):
+    return tuple(_freeze(v) for v in value)
+  return value
+
+
+def prepare_images(images: np.ndarray, input_config) -> np.ndarray:
+  """uint8 NHWC of any size/channels -> uint8 at the config's size and channels."""
+  images = np.asarray(images)
+  if images.ndim == 3:  # A batch of single-channel images without a channel axis.
+    images = images[..., None]
+  if images.ndim != 4 or images.dtype != np.uint8:
+    raise ValueError("images must be a uint8 array [N, H, W, C] (or [N, H, W]), got "
+                     f"{images.dtype} {images.shape}.")
+  images = image_ops.convert_channels(images, input_config.channels)
+  return image_ops.resize_uint8(images, input_config.image_size)
+
+
+def extract(variables, images: np.ndarray, config, *, layer: str = "pre_logits",
+            batch_size: int = 256, mesh=None) -> np.ndarray:
+  """Features [N, D] (float32 NumPy) of `images` under the backbone `variables`.
+
+  With a `mesh`, batches are split over its batch axes (batch_size is rounded up to
+  a multiple of the device count); otherwise they run on the default device.
+  """
+  embed = _embed_fn(config.model_name, _freeze(config.model.to_dict()), layer,
+                    tuple(config.input.mean), tuple(config.input.std))
+  images = prepare_images(images, config.input)
+  n = len(images)
+  if mesh is not None:
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+    sharding = parallel.batch_sharding(mesh)
+  outputs = []
+  for start in range(0, n, batch_size):
+    chunk = images[start:start + batch_size]
+    pad = batch_size - len(chunk)
+    if pad:  # Fixed shapes: one compilation for the whole extraction.
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    if mesh is not None:  # Every process holds the whole chunk (multi-host safe).
+      chunk = jax.make_array_from_callback(chunk.shape, sharding,
+                                           lambda index, c=chunk: c[index])
+      feats = _replicate(embed(variables, chunk), parallel.replicated(mesh))
+    else:
+      feats = embed(variables, chunk)
+    outputs.append(np.asarray(feats)[:batch_size - pad])
+  if not outputs:
+    return np.zeros((0, 0), np.float32)
+  return np.concatenate(outputs)

@@ -1,0 +1,164 @@
+"""The pretraining loop: every config runs, resume == uninterrupted, bad input is
+refused clearly and loses nothing. Runs on the 8 fake CPU devices of conftest."""
+import glob
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import tandem
+from tandem import checkpoint
+from tandem import metrics_writer
+from tandem.data import input_pipeline
+from tandem.ssl import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SSL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "ssl", "*.py")))
+SSL_CONFIGS = [p for p in SSL_CONFIGS if not p.endswith("__init__.py")]
+
+
+def load_config(path, arg):
+  spec = importlib.util.spec_from_file_location("config_under_test", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def bt_config(data_dir, arg="runlocal", **overrides):
+  config = load_config(os.path.join(ROOT, "configs/ssl/barlow_twins.py"), arg)
+  config.data_dir = data_dir
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.mark.parametrize("path", SSL_CONFIGS, ids=os.path.basename)
+@pytest.mark.parametrize("model", ["cnn", "resnet18", "vit_tiny"])
+def test_every_config_runs_in_runlocal(path, model, tiny_data_dir, tmp_path):
+  config = load_config(path, f"model={model},runlocal")
+  config.data_dir = tiny_data_dir
+  results = train.train(config, str(tmp_path))
+  assert results["step"] == config.total_steps
+  assert np.isfinite(results["final"]["loss"])
+  assert 0.0 <= results["final"]["linear_probe/pre_logits/test_top1"] <= 1.0
+  saved = json.load(open(tmp_path / "config.json"))
+  assert saved["total_steps"] == config.total_steps
+  lines = open(tmp_path / "metrics.jsonl").read().splitlines()
+  assert json.loads(lines[-1])["step"] == config.total_steps
+  assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+
+
+def _params(workdir):
+  return jax.device_get(tandem.load(workdir).params)
+
+
+def test_resume_after_sigterm_equals_uninterrupted(tiny_data_dir, tmp_path,
+                                                   monkeypatch):
+  overrides = {"total_steps": 6, "checkpoint.every": 4}
+  full = tmp_path / "full"
+  train.train(bt_config(tiny_data_dir, **overrides), str(full))
+
+  # Deliver a real SIGTERM to this process while step 3 is being logged.
+  original_write = metrics_writer.MetricsWriter.write
+
+  def write_and_signal(self, step, metrics):
+    original_write(self, step, metrics)
+    if step == 3:
+      signal.raise_signal(signal.SIGTERM)
+
+  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", write_and_signal)
+  split = tmp_path / "split"
+  result = train.train(bt_config(tiny_data_dir, **overrides), str(split))
+  assert result == {"interrupted_at": 3}
+  assert tandem.load(str(split)).step == 3  # Saved on the signal, off-schedule.
+  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", original_write)
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Handler restored.
+
+  result = train.train(bt_config(tiny_data_dir, **overrides), str(split))
+  assert result["step"] == 6
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               _params(split), _params(full))
+  # Batch-norm statistics resumed too (they are part of the saved model state).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               jax.device_get(tandem.load(str(split)).model_state),
+               jax.device_get(tandem.load(str(full)).model_state))
+
+
+def test_load_embeds_any_images_on_one_device(tiny_data_dir, tmp_path):
+  train.train(bt_config(tiny_data_dir), str(tmp_path))
+  model = tandem.load(str(tmp_path))
+  assert model.step == 2 and model.config.objective == "barlow_twins"
+  leaf = jax.tree.leaves(model.params)[0]
+  assert len(leaf.sharding.device_set) == 1  # Trained on 8 devices, loaded on one.
+  rng = np.random.default_rng(0)
+  gray = rng.integers(0, 256, (5, 28, 28, 1), np.uint8)
+  feats = model.embed(gray, batch_size=4)
+  assert feats.shape[0] == 5 and feats.dtype == np.float32
+  assert np.isfinite(feats).all()
+  # Any size and channel count: an RGB copy at 56x56 is converted back to 28x28x1.
+  rgb = np.repeat(np.repeat(np.repeat(gray, 3, axis=-1), 2, axis=1), 2, axis=2)
+  np.testing.assert_allclose(model.embed(rgb), feats, rtol=0.05, atol=0.05)
+  assert model.embed(gray, layer="stage1").shape == (5, 8)
+  with pytest.raises(ValueError, match="uint8"):
+    model.embed(gray.astype(np.float32))
+
+
+def test_unknown_config_key_is_named_and_nothing_is_written(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "tandem.ssl.train",
+       "--config", "configs/ssl/barlow_twins.py:runlocal",
+       "--config.optimizer.learning_rate=0.1", "--workdir", str(workdir)],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "optimizer.learning_rate" in proc.stderr
+  assert not workdir.exists()
+
+
+def test_unprepared_dataset_says_how_to_prepare(tmp_path):
+  config = bt_config(str(tmp_path / "empty"))
+  with pytest.raises(input_pipeline.DatasetNotPreparedError,
+                     match="python -m tandem.data.prepare --dataset fashion_mnist"):
+    train.train(config, str(tmp_path / "run"))
+
+
+def test_nan_loss_stops_names_the_step_and_keeps_last_good_checkpoint(
+    tiny_data_dir, tmp_path):
+  train.train(bt_config(tiny_data_dir), str(tmp_path))  # Good checkpoint at step 2.
+  good = _params(str(tmp_path))
+  # A zero std makes the normalised inputs infinite from step 2 on.
+  config = bt_config(tiny_data_dir, **{"total_steps": 5, "allow_config_change": True,
+                                       "input.std": (0.0,)})
+  with pytest.raises(train.NonFiniteLossError, match="non-finite at step 2"):
+    train.train(config, str(tmp_path))
+  assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 2
+  jax.tree.map(np.testing.assert_array_equal, _params(str(tmp_path)), good)
+
+
+def test_refuses_to_resume_a_different_config_unless_told(tiny_data_dir, tmp_path):
+  train.train(bt_config(tiny_data_dir), str(tmp_path))
+  other = bt_config(tiny_data_dir, **{"optimizer.lr": 0.5, "total_steps": 3})
+  with pytest.raises(train.ConfigMismatchError, match="optimizer.lr"):
+    train.train(other, str(tmp_path))
+  assert json.load(open(tmp_path / "config.json"))["optimizer"]["lr"] != 0.5
+  other.allow_config_change = True
+  assert train.train(other, str(tmp_path))["step"] == 3
+
+
+def test_half_written_checkpoint_is_ignored(tiny_data_dir, tmp_path):
+  train.train(bt_config(tiny_data_dir), str(tmp_path))
+  # What a process killed in the middle of an orbax save leaves behind.
+  partial = tmp_path / "checkpoints" / "7.orbax-checkpoint-tmp-1234567"
+  (partial / "model").mkdir(parents=True)
+  assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 2
+  assert tandem.load(str(tmp_path)).step == 2
