@@ -196,7 +196,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         resumed_step, jax.tree.map(with_sharding, abstract_params, params_sharding),
         jax.tree.map(with_sharding, abstract_state, state_sharding))
     train_iter.set_state(data_state)
-    logging.info("Resumed from step %d in %s.", resumed_step, workdir)
   first_step = int(state["step"])
 
   # --- Evals --------------------------------------------------------------------
@@ -205,6 +204,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                      first_step)
   evaluator = linear_probe.Evaluator(config, data_dir=data_dir, mesh=mesh)
   results = {}
+  if resumed_step is not None:
+    progress.message(f"Resumed from step {resumed_step} in {workdir}.")
 
   def run_evals(step, params, state):
     t0 = time.time()
@@ -323,6 +324,8 @@ def _parse_flags(argv):
 
 def main(argv):
   del argv
+  if not FLAGS["verbosity"].present:  # Orbax and TFDS are chatty at INFO.
+    logging.set_verbosity(logging.WARNING)
   if FLAGS.config is None or FLAGS.workdir is None:
     sys.exit("Usage: python -m tandem.ssl.train --config FILE[:ARG] --workdir DIR")
   try:
