@@ -1,10 +1,10 @@
 """On-device SSL image augmentations (BYOL / SimCLR / Barlow Twins views) in pure JAX.
 
 Runs inside the jitted train step. Each example gets its own key (``jax.random.split``
-over the batch) and one vector of uniform draws from it; the pipeline is ``vmap``-ed
-over the batch, so a batch sharded over the mesh's data axis is augmented where it lies,
-without gathering. The config is read in Python, so its values are static: ops whose
-probability or strength is 0 are not traced at all.
+over the batch) and draws one vector of uniforms from it; the pipeline is ``vmap``-ed
+over the batch, so a batch sharded over the mesh's data axis is augmented where it lies.
+The config is read in Python, so its values are static: ops whose probability or
+strength is 0 are not traced at all.
 
 Pipeline, in the order of BYOL (Grill et al., 2020, appendix B) and torchvision:
 
@@ -13,29 +13,36 @@ Pipeline, in the order of BYOL (Grill et al., 2020, appendix B) and torchvision:
    rounding; 10 trials drawn at once and the first that fits is kept, else torchvision's
    fallback (the whole image, centre-cropped to clip its aspect into ``crop_ratio``).
    The crop is resized back to HxW bilinearly with half-pixel centres, clamped at the
-   crop's edges (``align_corners=False``), as torchvision. No antialiasing is needed:
-   the crop is never larger than the output.
+   crop's edges (``align_corners=False``), as torchvision; it is never larger than the
+   output, so no antialiasing is needed.
 2. Horizontal flip with ``flip_prob``.
 3. Colour jitter with ``jitter_prob`` (torchvision ``ColorJitter``): brightness,
    contrast and saturation factors uniform in [max(0, 1-s), 1+s], hue shift uniform in
    [-h, h] turns (RGB->HSV->RGB), each op clipped to [0, 1], in a random order per
-   example as torchvision, BYOL and SimCLR do. Contrast blends with the mean of the
-   image's luma, saturation with the luma, as torchvision.
-4. Grayscale with ``grayscale_prob`` (ITU-R 601 luma 0.299/0.587/0.114, 3 equal channels).
+   example as torchvision, BYOL and SimCLR do. Contrast blends with the mean luma,
+   saturation with the luma, as torchvision.
+4. Grayscale with ``grayscale_prob``: the ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B
+   (as PIL; torchvision and ``tf.image`` use 0.2989, whose weights sum to 0.9999, so
+   that gray would not stay gray) in all 3 channels.
 5. Gaussian blur with ``blur_prob``: separable, sigma uniform in ``blur_sigma`` per
    example, kernel size ``blur_kernel_frac`` of the image side made odd (23 for 224 as in
-   BYOL; at least 3, so 3 for 28 or 32), reflect padding as torchvision.
+   BYOL; at least 3, so 3 for 28 and 32), reflect padding as torchvision.
 6. Solarize with ``solarize_prob``: pixels >= ``solarize_threshold`` become 1 - pixel.
 
-For one-channel images saturation, hue and grayscale are no-ops, as they only move
-colour; brightness, contrast (against the image's mean), blur and solarize apply.
+On one-channel images saturation, hue and grayscale are no-ops (they only move colour);
+brightness, contrast (against the image mean), blur and solarize apply.
 
-Speed on CPU (measured, see the report in the tests' docstring) decided the layout:
-images are channel-first inside the pipeline so that colour ops work on contiguous
-planes, the crop is two 1-D gathers (faster than dense interpolation matmuls or
-``jax.image.scale_and_translate`` at 28 and 32 pixels, and exact for the identity crop),
-and every random number of an example comes from one ``uniform`` call (each threefry
-call adds seconds of XLA compile time on CPU).
+Implementation choices, for speed on CPU (measured at 28x28 and 32x32): XLA fuses long
+elementwise chains into single loops that recompute every earlier op once per channel
+and per stencil tap, so the pipeline is built around dots, whose operands XLA
+materialises. The spatial ops (crop + flip, blur) are per-example [H, H] and [W, W]
+matrices applied as two matmuls; in the pipeline this beat gathers and
+``jax.image.scale_and_translate`` (whose results get recomputed downstream), and it is
+exact for the identity crop. The colour ops that mix channels (brightness, contrast,
+saturation) are per-example 3x3 colour matrices. Images are channel-first inside the
+pipeline, so the hue works on contiguous planes. Dots use ``Precision.HIGHEST`` so
+accelerators keep float32. Every random number of an example comes from one ``uniform``
+call, as each threefry call adds about a second of XLA compile time on CPU.
 """
 from typing import Any, Mapping
 
@@ -45,13 +52,14 @@ import numpy as np
 
 _LUMA = (0.299, 0.587, 0.114)
 _CROP_TRIALS = 10
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def default_view_config(view: int, *, rgb: bool) -> dict:
   """BYOL / Barlow Twins augmentation defaults for view 1 or 2 (asymmetric blur/solarize).
 
-  For grayscale data (``rgb=False``) saturation, hue and grayscale are set to 0, which is
-  what they amount to on one channel anyway.
+  For grayscale data (``rgb=False``) saturation, hue and grayscale are 0, which is what
+  they amount to on one channel anyway.
   """
   if view not in (1, 2):
     raise ValueError(f"view must be 1 or 2, got {view}")
@@ -85,12 +93,16 @@ def two_views(rng: jax.Array, images_uint8: jax.Array,
 def augment_view(rng: jax.Array, images: jax.Array, cfg: Mapping[str, Any]) -> jax.Array:
   """Augments float32 [B, H, W, C] images in [0, 1]; one independent draw per example."""
   p = _read_config(cfg)
-  keys = jax.random.split(rng, images.shape[0])
 
   def one(key, img):
     draws = _name_draws(jax.random.uniform(key, (_NUM_DRAWS,)))
-    return _augment_one(draws, img, p)
+    return jnp.moveaxis(_augment_chw(draws, jnp.moveaxis(img, -1, 0), p), 0, -1)
 
+  keys = jax.random.split(rng, images.shape[0])
+  # Under an Explicit mesh vmap needs the keys sharded like the batch; a no-op otherwise.
+  spec = jax.typeof(images).sharding.spec
+  if len(spec) and spec[0] is not None:
+    keys = jax.sharding.reshard(keys, jax.P(spec[0]))
   return jax.vmap(one)(keys, images)
 
 
@@ -126,93 +138,82 @@ def _uniform(u, low, high):
 
 
 def _maybe(u, prob: float, new, old):
-  """``new`` with probability ``prob`` (decided by the uniform draw ``u``), else ``old``."""
+  """``new`` with probability ``prob`` (decided by the uniform draw u), else ``old``."""
   return new if prob >= 1.0 else jnp.where(u < prob, new, old)
 
 
-def _augment_one(u: dict, img: jax.Array, p: dict) -> jax.Array:
-  """The whole pipeline on one [H, W, C] image, given its named draws ``u``.
+def _augment_chw(u: dict, img: jax.Array, p: dict) -> jax.Array:
+  """The whole pipeline on one channel-first [C, H, W] image, given its draws ``u``."""
+  c, h, w = img.shape
+  top, left, crop_h, crop_w = _sample_crop(u, h, w, p["crop_scale"], p["crop_ratio"])
+  rows, cols = _crop_matrix(top, crop_h, h), _crop_matrix(left, crop_w, w)
+  if p["flip_prob"] > 0:
+    cols = _maybe(u["flip"], p["flip_prob"], cols[::-1], cols)
+  img = _resample(img, rows, cols)
 
-  After the crop the image is a list of [H, W] channel planes: XLA on CPU fuses
-  elementwise producers into every consumer, and a stacked [..., C] image makes each
-  colour op recompute every earlier op once per channel (3**ops work); separate planes
-  let it keep the expensive intermediates (hue) in memory instead.
-  """
-  h, w, c = img.shape
-  top, left, ch, cw = _sample_crop(u, h, w, p["crop_scale"], p["crop_ratio"])
-  flip = u["flip"] < p["flip_prob"] if p["flip_prob"] > 0 else None
-  img = _resized_crop(img, top, left, ch, cw, flip)
-  planes = [img[..., i] for i in range(c)]
-
-  maybe = lambda name, new, old: [_maybe(u[name], p[name + "_prob"], n, o)
-                                  for n, o in zip(new, old)]
   if p["jitter_prob"] > 0:
-    planes = maybe("jitter", _color_jitter(u, planes, p), planes)
+    img = _color_jitter(u, img, p)
   if c == 3 and p["grayscale_prob"] > 0:
-    planes = maybe("grayscale", [_luma(planes)] * 3, planes)
+    img = _maybe(u["grayscale"], p["grayscale_prob"],
+                 jnp.broadcast_to(_luma(img), img.shape), img)
   if p["blur_prob"] > 0:
     sigma = _uniform(u["sigma"], *p["blur_sigma"])
-    blurred = planes
-    for axis in (0, 1):
-      ksize = _kernel_size(p["blur_kernel_frac"], img.shape[axis])
-      blurred = [_gaussian_blur_1d(x, sigma, ksize, axis) for x in blurred]
-    planes = maybe("blur", blurred, planes)
+    rows, cols = (_maybe(u["blur"], p["blur_prob"],
+                         _blur_matrix(sigma, n, _kernel_size(p["blur_kernel_frac"], n)),
+                         jnp.eye(n)) for n in (h, w))
+    img = _resample(img, rows, cols)
   if p["solarize_prob"] > 0:
-    t = p["solarize_threshold"]
-    planes = maybe("solarize", [jnp.where(x >= t, 1.0 - x, x) for x in planes], planes)
-  return jnp.clip(jnp.stack(planes, axis=-1), 0.0, 1.0)
+    solarized = jnp.where(img >= p["solarize_threshold"], 1.0 - img, img)
+    img = _maybe(u["solarize"], p["solarize_prob"], solarized, img)
+  return jnp.clip(img, 0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- spatial
+
+
+def _resample(img, rows, cols):
+  """out[c] = rows @ img[c] @ cols.T for [C, H, W] img, [H, H] rows, [W, W] cols."""
+  img = jnp.einsum("hk,ckw->chw", rows, img, precision=_HIGHEST)
+  return jnp.einsum("wk,chk->chw", cols, img, precision=_HIGHEST)
 
 
 def _sample_crop(u, h, w, scale, ratio):
   """torchvision RandomResizedCrop.get_params, vectorised: (top, left, height, width)."""
   area = h * w * _uniform(u["area"], *scale)
   aspect = jnp.exp(_uniform(u["log_ratio"], np.log(ratio[0]), np.log(ratio[1])))
-  cw = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
-  ch = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
-  fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+  crop_w = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+  crop_h = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+  fits = (crop_w > 0) & (crop_w <= w) & (crop_h > 0) & (crop_h <= h)
   first = jnp.argmax(fits)
 
   # The fallback is static: the whole image, centre-cropped to an aspect within ratio.
   if w / h < ratio[0]:
-    fw, fh = w, int(round(w / ratio[0]))
+    fallback_w, fallback_h = w, int(round(w / ratio[0]))
   elif w / h > ratio[1]:
-    fw, fh = int(round(h * ratio[1])), h
+    fallback_w, fallback_h = int(round(h * ratio[1])), h
   else:
-    fw, fh = w, h
-  any_fits = fits.any()
-  ch = jnp.where(any_fits, ch[first], fh)
-  cw = jnp.where(any_fits, cw[first], fw)
+    fallback_w, fallback_h = w, h
+  found = fits.any()
+  crop_h = jnp.where(found, crop_h[first], fallback_h)
+  crop_w = jnp.where(found, crop_w[first], fallback_w)
   offset = lambda v, room: jnp.minimum(jnp.floor(v * (room + 1)).astype(jnp.int32), room)
-  top = jnp.where(any_fits, offset(u["top"], h - ch), (h - fh) // 2)
-  left = jnp.where(any_fits, offset(u["left"], w - cw), (w - fw) // 2)
-  return top, left, ch, cw
+  top = jnp.where(found, offset(u["top"], h - crop_h), (h - fallback_h) // 2)
+  left = jnp.where(found, offset(u["left"], w - crop_w), (w - fallback_w) // 2)
+  return top, left, crop_h, crop_w
 
 
-def _resized_crop(img, top, left, ch, cw, flip):
-  """Bilinear resize of img[top:top+ch, left:left+cw] to img's size, then maybe flip."""
-  h, w, _ = img.shape
-  lo, hi, frac = _bilinear_taps(top, ch, h)
-  frac = frac[:, None, None]
-  img = img[lo] * (1.0 - frac) + img[hi] * frac
-  lo, hi, frac = _bilinear_taps(left, cw, w)
-  if flip is not None:
-    lo, hi, frac = (jnp.where(flip, v[::-1], v) for v in (lo, hi, frac))
-  frac = frac[:, None]
-  return img[:, lo] * (1.0 - frac) + img[:, hi] * frac
-
-
-def _bilinear_taps(start, size, out_size):
-  """Source pixels and the upper one's weight when resizing [start, start+size) to
-  out_size pixels with half-pixel centres, clamped to the crop (align_corners=False)."""
+def _crop_matrix(start, size, out_size: int):
+  """[out, in] bilinear weights resizing pixels [start, start+size) to out_size pixels,
+  half-pixel centres, clamped to the crop (align_corners=False)."""
   pos = (jnp.arange(out_size) + 0.5) * (size / out_size) - 0.5
   pos = jnp.clip(pos, 0.0, size - 1.0)
   lo = jnp.floor(pos)
   frac = pos - lo
   lo = lo.astype(jnp.int32)
-  return start + lo, start + jnp.minimum(lo + 1, size - 1), frac
+  hi = jnp.minimum(lo + 1, size - 1)
+  out = jnp.arange(out_size)
+  return (jnp.zeros((out_size, out_size))
+          .at[out, start + lo].add(1.0 - frac).at[out, start + hi].add(frac))
 
 
 def _kernel_size(frac: float, side: int) -> int:
@@ -220,83 +221,95 @@ def _kernel_size(frac: float, side: int) -> int:
   return min(max(3, 2 * int(frac * side / 2) + 1), 2 * side - 1)
 
 
-def _gaussian_blur_1d(img, sigma, ksize: int, axis: int):
-  """Gaussian blur along one axis with reflect padding (torchvision's gaussian_blur)."""
+def _blur_matrix(sigma, size: int, ksize: int):
+  """[size, size] Gaussian blur with reflect padding (torchvision's gaussian_blur)."""
   radius = ksize // 2
   offsets = np.arange(-radius, radius + 1)
-  weights = jnp.exp(-0.5 * (offsets / sigma) ** 2)
-  weights = weights / weights.sum()
-  pad = [(0, 0)] * img.ndim
-  pad[axis] = (radius, radius)
-  padded = jnp.pad(img, pad, mode="reflect")
-  n = img.shape[axis]
-  return sum(weights[i] * jax.lax.slice_in_dim(padded, i, i + n, axis=axis)
-             for i in range(ksize))
+  taps = jnp.exp(-0.5 * (offsets / sigma) ** 2)
+  taps = taps / taps.sum()
+  # Source pixel of each output pixel and tap, reflected at the borders without
+  # repeating the edge pixel (static); taps landing on the same source pixel add up.
+  src = np.abs(np.arange(size)[:, None] + offsets)
+  src = np.where(src > size - 1, 2 * (size - 1) - src, src)
+  out = np.broadcast_to(np.arange(size)[:, None], src.shape)
+  return jnp.zeros((size, size)).at[out, src].add(jnp.broadcast_to(taps, src.shape))
 
 
 # ------------------------------------------------------------------------------ colour
 
 
-def _luma(planes):
-  """Luma of a list of [H, W] planes; elementwise so accelerators keep float32."""
-  if len(planes) == 1:
-    return planes[0]
-  return sum(w * x for w, x in zip(_LUMA, planes))
+def _luma(img):
+  """[H, W] luma of a [C, H, W] image; elementwise, so accelerators keep float32."""
+  return img[0] if img.shape[0] == 1 else sum(w * x for w, x in zip(_LUMA, img))
 
 
-def _color_jitter(u, planes, p):
-  """torchvision ColorJitter on [H, W] channel planes, its ops in a random order.
+def _luma_matrix(c: int) -> jax.Array:
+  """[C, C] colour matrix that puts the luma in every channel."""
+  luma = np.asarray(_LUMA if c == 3 else (1.0,), np.float32)
+  return jnp.asarray(np.outer(np.ones(c, np.float32), luma))
 
-  Under vmap a per-example choice between ops evaluates every candidate, so rather than
-  a switch per slot each slot applies one fused op,
-  clip(scale * x + mean_weight * mean(luma) + luma_weight * luma), whose coefficients
-  make it brightness (f, 0, 0), contrast (f, 1-f, 0), saturation (f, 0, 1-f) or the
-  identity (1, 0, 0); the hue rotation, the one costly op, is then selected where the
-  slot is hue's. Ops of strength 0, and colour ops on one channel, are left out.
+
+def _mix_channels(matrix, img):
+  """Per-pixel colour transform ``matrix @ rgb`` of a [C, H, W] image."""
+  return jnp.einsum("cd,dhw->chw", matrix, img, precision=_HIGHEST)
+
+
+def _color_jitter(u, img, p):
+  """torchvision ColorJitter on a [C, H, W] image, its ops in a random order.
+
+  Brightness, contrast and saturation are colour matrices plus an offset, so each slot
+  applies clip(M @ x + t) with M = f I (brightness), M = f I and t = (1 - f) mean luma
+  (contrast), M = f I + (1 - f) L with L the luma matrix (saturation), or M = I, t = 0
+  in hue's slot, where the HSV rotation is then selected. This keeps the order random
+  per example without a switch (which under vmap would run every op in every slot).
+  Where jitter is not applied every factor is 1 and no slot is hue's: the identity.
+  Ops of strength 0, and colour ops on one channel, are left out statically.
   """
-  colour = len(planes) == 3
+  c = img.shape[0]
   names = [n for n in ("brightness", "contrast", "saturation", "hue")
-           if p[n] > 0 and (colour or n in ("brightness", "contrast"))]
-  factor = {n: _uniform(u[n], max(0.0, 1.0 - p[n]), 1.0 + p[n]) for n in names}
+           if p[n] > 0 and (c == 3 or n in ("brightness", "contrast"))]
+  apply = u["jitter"] < p["jitter_prob"]
+  factor = {n: jnp.where(apply, _uniform(u[n], max(0.0, 1.0 - p[n]), 1.0 + p[n]), 1.0)
+            for n in names}
+  luma = _luma_matrix(c)
   # argsort of i.i.d. uniforms is a uniformly random permutation: slot -> op.
   order = jnp.argsort(u["jitter_order"][:len(names)])
   for slot in range(len(names)):
     is_op = {n: order[slot] == i for i, n in enumerate(names)}
-    scale, offset = 1.0, 0.0
-    for n in ("brightness", "contrast", "saturation"):
-      if n in names:
-        scale = jnp.where(is_op[n], factor[n], scale)
-    if "contrast" in names or "saturation" in names:
-      luma = _luma(planes)
-    if "contrast" in names:
-      offset = jnp.where(is_op["contrast"], 1.0 - factor["contrast"], 0.0) * jnp.mean(luma)
-    if "saturation" in names:
-      offset = offset + jnp.where(is_op["saturation"], 1.0 - factor["saturation"], 0.0) * luma
-    if len(names) > 1 or "hue" not in names:
-      planes = [jnp.clip(scale * x + offset, 0.0, 1.0) for x in planes]
+    if names != ["hue"]:
+      scale, offset, matrix = 1.0, 0.0, 0.0
+      for n in ("brightness", "contrast", "saturation"):
+        if n in names:
+          scale = jnp.where(is_op[n], factor[n], scale)
+      if "contrast" in names:
+        # Per-channel means first: the same value, and it keeps XLA's CPU loops fast.
+        mean_luma = jnp.sum(luma[0] * jnp.mean(img, axis=(1, 2)))
+        offset = jnp.where(is_op["contrast"], 1.0 - factor["contrast"], 0.0) * mean_luma
+      if "saturation" in names:
+        matrix = jnp.where(is_op["saturation"], 1.0 - factor["saturation"], 0.0) * luma
+      matrix = scale * jnp.eye(c) + matrix
+      img = jnp.clip(_mix_channels(matrix, img) + offset, 0.0, 1.0)
     if "hue" in names:
       shift = _uniform(u["hue"], -p["hue"], p["hue"])
-      hued = _adjust_hue(planes, shift)
-      planes = [jnp.where(is_op["hue"], n, o) for n, o in zip(hued, planes)]
-  return planes
+      img = jnp.where(apply & is_op["hue"], _adjust_hue(img, shift), img)
+  return img
 
 
-def _adjust_hue(planes, shift):
-  """Rotates the hue of [H, W] R, G, B planes by ``shift`` turns, as torchvision
+def _adjust_hue(img, shift):
+  """Rotates the hue of a [3, ...] RGB image by ``shift`` turns, as torchvision
   adjust_hue (RGB->HSV->RGB), in the form that needs no saturation: with v = max,
   d = max - min and the hue H in sixths, channel n (R, G, B = 5, 3, 1) is
   v - d * clip(min(k, 4 - k), 0, 1), k = (n + H) mod 6.
   """
-  r, g, b = planes
+  r, g, b = img[0], img[1], img[2]
   v = jnp.maximum(jnp.maximum(r, g), b)
   d = v - jnp.minimum(jnp.minimum(r, g), b)
-  safe_d = jnp.where(d > 0, d, 1.0)
-  hue = jnp.where(v == r, (g - b) / safe_d,
-                  jnp.where(v == g, 2.0 + (b - r) / safe_d, 4.0 + (r - g) / safe_d))
-  hue = hue + 6.0 * shift
-  channels = []
-  for n in (5.0, 3.0, 1.0):
-    k = n + hue
-    k = k - 6.0 * jnp.floor(k / 6.0)  # mod 6; jnp.mod is several times slower on CPU
-    channels.append(v - d * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0))
-  return channels
+  base = jnp.where(v == r, 0.0, jnp.where(v == g, 2.0, 4.0))
+  diff = jnp.where(v == r, g - b, jnp.where(v == g, b - r, r - g))
+  hue = base + diff / jnp.where(d > 0, d, 1.0) + 6.0 * shift
+  # One broadcast expression for the three channels, not a stack: XLA turns a stack
+  # into a per-element branch on the channel, which stops CPU loops vectorising.
+  n = jnp.asarray([5.0, 3.0, 1.0]).reshape((3,) + (1,) * (img.ndim - 1))
+  k = n + hue
+  k = k - 6.0 * jnp.floor(k / 6.0)  # mod 6; jnp.mod is several times slower on CPU
+  return v - d * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
