@@ -29,5 +29,5 @@ demo: install fashion-mnist
 	  --config.data_dir=$(DATA_DIR) --config.evals.baselines=True \
 	  --workdir $(WORKDIR)
 
-test: install-test fashion-mnist
+test: install-test
 	$(PYTHON) -m pytest -q tests

@@ -73,6 +73,10 @@ class Progress:
             flush=True)
     return rate
 
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` (e.g. an evaluation) out of the next images/s reading."""
+    self._t += seconds
+
   def message(self, text: str) -> None:
     if self.enabled:
       print(("\n" if self.tty else "") + text, flush=True)

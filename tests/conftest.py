@@ -3,7 +3,6 @@ and a tiny Fashion-MNIST-format dataset so the real configs run without the full
 
 The XLA flag must be set before JAX initialises its backend, hence at import time.
 """
-import gzip
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -12,13 +11,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
-
-def write_idx(path, array: np.ndarray) -> None:
-  """Writes a gzipped IDX file (the Fashion-MNIST distribution format)."""
-  header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-      int(d).to_bytes(4, "big") for d in array.shape)
-  with gzip.open(path, "wb") as f:
-    f.write(header + array.astype(np.uint8).tobytes())
+from idx_files import write_idx  # pylint: disable=g-import-not-at-top
 
 
 def fake_fashion_mnist(directory, num_train: int = 320, num_test: int = 160, seed=0):

@@ -5,11 +5,9 @@ the shared npz), so the tests pin behaviour, not the real data. Every fake image
 carries its example id in its first two pixels, so order and identity are checkable
 after TFDS's shuffled write.
 """
-import gzip
 import io
 import json
 import os
-import struct
 
 import jax
 import numpy as np
@@ -24,6 +22,7 @@ from tandem.data import input_pipeline
 from tandem.data import png
 from tandem.data import prepare as prepare_lib
 from tandem.data import records
+from idx_files import write_idx
 
 NUM_TRAIN, NUM_TEST = 50, 20
 
@@ -40,13 +39,6 @@ def _ids(images: np.ndarray) -> np.ndarray:
   return flat[:, 0] * 256 + flat[:, 1]
 
 
-def _write_idx(path, array: np.ndarray):
-  header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
-  header += b"".join(struct.pack(">I", d) for d in array.shape)
-  with gzip.open(path, "wb") as f:
-    f.write(header + array.tobytes())
-
-
 def _write_fake_fashion_mnist(directory) -> dict[str, np.ndarray]:
   os.makedirs(directory, exist_ok=True)
   data = {
@@ -56,7 +48,7 @@ def _write_fake_fashion_mnist(directory) -> dict[str, np.ndarray]:
       "test_labels": (np.arange(NUM_TEST) * 3 % 10).astype(np.uint8),
   }
   for key, array in data.items():
-    _write_idx(os.path.join(directory, fashion_mnist.FILES[key]), array)
+    write_idx(os.path.join(directory, fashion_mnist.FILES[key]), array)
   return data
 
 
@@ -84,7 +76,7 @@ def _iterator(data_dir, **kwargs):
 
 def test_read_idx_roundtrip(tmp_path):
   array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
-  _write_idx(tmp_path / "a.gz", array)
+  write_idx(tmp_path / "a.gz", array)
   np.testing.assert_array_equal(fashion_mnist.read_idx(str(tmp_path / "a.gz")), array)
 
 

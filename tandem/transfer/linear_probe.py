@@ -17,17 +17,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
-def _fit(x, y_onehot, weights, l2, w0, b0, max_iter: int = 500, tol: float = 1e-5):
-  """Weighted fit: examples with weight 0 are left out (one compile per shape)."""
+def _fit(xt, y_onehot, weights, l2, w0, b0, max_iter: int = 100, tol: float = 1e-4):
+  """L-BFGS on the weighted objective; examples with weight 0 are left out.
+
+  Features come transposed ([D, N]): both products, X·W and Xᵀ·R, are then plain
+  contractions over a leading axis, about 3x faster on XLA:CPU than with [N, D].
+  """
   weights = weights / jnp.sum(weights)
 
   def objective(params):
     w, b = params
-    logits = x @ w + b
+    logits = jnp.einsum("dn,dk->nk", xt, w) + b
     ce = -jnp.sum(weights * jnp.sum(y_onehot * jax.nn.log_softmax(logits), axis=-1))
     return ce + l2 * jnp.sum(w * w)
 
@@ -46,7 +50,7 @@ def _fit(x, y_onehot, weights, l2, w0, b0, max_iter: int = 500, tol: float = 1e-
     return (i < max_iter) & (grad_norm > tol)
 
   params = (w0, b0)
-  init = (params, opt.init(params), jnp.asarray(jnp.inf, x.dtype), 0)
+  init = (params, opt.init(params), jnp.asarray(jnp.inf, xt.dtype), 0)
   params, _, _, iters = jax.lax.while_loop(cond, step, init)
   return params, iters
 
@@ -57,23 +61,23 @@ def _accuracy(params, x, y) -> float:
 
 
 def fit_logistic_regression(x, y, num_classes: int, l2: float, init=None,
-                            max_iter: int = 500, weights=None):
+                            max_iter: int = 100, weights=None):
   """Returns ((w, b), iterations) for features x [N, D] and int labels y [N].
 
   `weights` [N] (default all 1) weighs each example's cross-entropy; 0 drops it.
   """
-  x = jnp.asarray(x, jnp.float32)
+  xt = jnp.asarray(np.asarray(x, np.float32).T)
   y_onehot = jax.nn.one_hot(jnp.asarray(y), num_classes, dtype=jnp.float32)
   weights = jnp.ones(len(x)) if weights is None else jnp.asarray(weights, jnp.float32)
   if init is None:
-    init = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,)))
-  params, iters = _fit(x, y_onehot, weights, jnp.float32(l2), *init,
+    init = (jnp.zeros((xt.shape[0], num_classes)), jnp.zeros((num_classes,)))
+  params, iters = _fit(xt, y_onehot, weights, jnp.float32(l2), *init,
                        max_iter=max_iter)
   return params, int(iters)
 
 
 def linear_probe(train_x, train_y, test_x, test_y, *, num_val: int = 10000,
-                 l2_grid=DEFAULT_L2_GRID, seed: int = 0, max_iter: int = 500) -> dict:
+                 l2_grid=DEFAULT_L2_GRID, seed: int = 0, max_iter: int = 100) -> dict:
   """Linear-probe top-1 on test, with L2 chosen on a split carved from train."""
   train_x = np.asarray(train_x, np.float32)
   test_x = np.asarray(test_x, np.float32)

@@ -1,0 +1,66 @@
+r"""Throughput of one pretraining step (augmentations + forward + backward + update).
+
+    python bench/train_step.py --config configs/ssl/barlow_twins.py:dataset=fashion_mnist \
+        [--config.input.batch_size=256] [--steps 5]
+
+Prints images/s (one image = one pair of views) and compile time, on whatever devices
+JAX sees (try XLA_FLAGS=--xla_force_host_platform_device_count=8 on a CPU).
+"""
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tandem import optimizers  # pylint: disable=g-import-not-at-top
+from tandem import parallel
+from tandem.ssl import train
+
+config_flags.DEFINE_config_file("config", None, "Config file[:arg].")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after the compiled one.")
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  objective = __import__(f"tandem.ssl.{config.objective}", fromlist=["_"])
+  mesh = parallel.make_mesh(config.mesh)
+  model = objective.make_model(config)
+  tx, lr = optimizers.make_optimizer(config)
+  step_fn = train._make_step(objective.make_loss_fn(model, config), tx, lr)  # pylint: disable=protected-access
+  size, ch, batch = config.input.image_size, config.input.channels, config.input.batch_size
+  variables = dict(model.init(jax.random.key(0, impl="rbg"),
+                              jnp.zeros((2, size, size, ch)), train=False))
+  params = variables.pop("params")
+  state = dict(opt_state=tx.init(params), model_state=variables,
+               step=jnp.zeros((), jnp.int32),
+               rng=jax.random.key_data(jax.random.key(1)),
+               nonfinite_step=jnp.full((), -1, jnp.int32))
+  images = np.random.default_rng(0).integers(0, 256, (batch, size, size, ch), np.uint8)
+  batch_data = jax.device_put({"image": images}, parallel.batch_sharding(mesh))
+  step = jax.jit(step_fn, donate_argnums=(0, 1))
+  t0 = time.time()
+  params, state, metrics = step(params, state, batch_data)
+  jax.block_until_ready(metrics)
+  compile_s = time.time() - t0
+  t0 = time.time()
+  for _ in range(_STEPS.value):
+    params, state, metrics = step(params, state, batch_data)
+  jax.block_until_ready(metrics)
+  per_step = (time.time() - t0) / _STEPS.value
+  n_params = sum(np.size(p) for p in jax.tree.leaves(params))
+  print(f"{config.objective} {config.model_name} {dict(config.model)} "
+        f"params={n_params:,} batch={batch} devices={mesh.size}: "
+        f"{batch / per_step:.0f} images/s ({per_step * 1000:.0f} ms/step), "
+        f"first step incl. compile {compile_s:.1f} s, load avg {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)
