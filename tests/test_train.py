@@ -79,7 +79,7 @@ def test_resume_after_sigterm_equals_uninterrupted(tiny_data_dir, tmp_path,
   monkeypatch.setattr(metrics_writer.MetricsWriter, "write", write_and_signal)
   split = tmp_path / "split"
   result = train.train(bt_config(tiny_data_dir, **overrides), str(split))
-  assert result == {"interrupted_at": 3}
+  assert result == {"interrupted_at": 3, "signal": signal.SIGTERM}
   assert tandem.load(str(split)).step == 3  # Saved on the signal, off-schedule.
   monkeypatch.setattr(metrics_writer.MetricsWriter, "write", original_write)
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Handler restored.
@@ -165,3 +165,38 @@ def test_half_written_checkpoint_is_ignored(tiny_data_dir, tmp_path):
   (partial / "model").mkdir(parents=True)
   assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 2
   assert tandem.load(str(tmp_path)).step == 2
+
+
+def test_ctrl_c_on_the_command_line_saves_and_the_same_command_resumes(
+    tiny_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "tandem.ssl.train",
+             "--config", "configs/ssl/barlow_twins.py:runlocal",
+             f"--config.data_dir={tiny_data_dir}", "--config.total_steps=60",
+             "--workdir", str(workdir)]
+  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith("step 2/60"):
+      proc.send_signal(signal.SIGINT)
+  assert proc.wait(timeout=120) == 128 + signal.SIGINT, "".join(lines)
+  stopped = tandem.load(str(workdir)).step
+  assert 2 <= stopped < 60
+  assert any("Run the same command to resume" in l for l in lines)
+
+  proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert f"Resumed from step {stopped}" in proc.stdout
+  assert tandem.load(str(workdir)).step == 60
+  steps = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl")]
+  assert steps[:stopped] == list(range(1, stopped + 1))
+  assert steps[stopped] == stopped + 1  # Continued where it stopped.
+
+
+def test_linear_probe_runs_every_m_steps(tiny_data_dir, tmp_path):
+  train.train(bt_config(tiny_data_dir, **{"evals.every": 1}), str(tmp_path))
+  records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  probed = [r["step"] for r in records if "linear_probe/pre_logits/test_top1" in r]
+  assert probed == [1, 2]

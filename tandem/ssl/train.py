@@ -268,7 +268,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           progress.message(f"Stopped by signal {stop.signum} at step {step}; "
                            f"checkpoint saved in {workdir}. Run the same command "
                            "to resume.")
-          return {"interrupted_at": step}
+          return {"interrupted_at": step, "signal": stop.signum}
         if step % config.checkpoint.every == 0 or step == config.total_steps:
           save(step, params, state)
         if config.evals.every and step % config.evals.every == 0 \
@@ -346,7 +346,9 @@ def main(argv):
   if FLAGS.config is None or FLAGS.workdir is None:
     sys.exit("Usage: python -m tandem.ssl.train --config FILE[:ARG] --workdir DIR")
   try:
-    train(FLAGS.config, FLAGS.workdir)
+    result = train(FLAGS.config, FLAGS.workdir)
+    if "interrupted_at" in result:
+      sys.exit(128 + result["signal"])  # The shell's convention: 130 for Ctrl-C.
   except (input_pipeline.DatasetNotPreparedError, ConfigMismatchError,
           NonFiniteLossError, checkpoint.CheckpointError) as e:
     sys.exit(f"Error: {e}")
