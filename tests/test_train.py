@@ -200,3 +200,14 @@ def test_linear_probe_runs_every_m_steps(tiny_data_dir, tmp_path):
   records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   probed = [r["step"] for r in records if "linear_probe/pre_logits/test_top1" in r]
   assert probed == [1, 2]
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tiny_data_dir, tmp_path):
+  train.train(bt_config(tiny_data_dir), str(tmp_path))
+  for path in (tmp_path / "checkpoints" / "2" / "model").rglob("*"):
+    if path.is_file() and (path.parent.name == "d" or path.name == "manifest.ocdbt"):
+      path.write_bytes(b"not a checkpoint")  # Bit rot in the array data.
+  with pytest.raises(checkpoint.CheckpointError, match="step 2"):
+    train.train(bt_config(tiny_data_dir), str(tmp_path))
+  with pytest.raises(checkpoint.CheckpointError, match="step 2"):
+    tandem.load(str(tmp_path))
