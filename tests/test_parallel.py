@@ -1,4 +1,7 @@
-"""Mesh construction, partition rules, and FSDP-sharded training == data parallel."""
+"""Mesh construction, partition rules, FSDP-sharded training == data parallel, and
+several processes training together over 127.0.0.1."""
+import os
+import subprocess
 
 import jax
 import numpy as np
@@ -52,3 +55,23 @@ def test_fsdp_sharded_training_equals_data_parallel(tiny_data_dir, tmp_path):
   specs = parallel.tree_shardings(b, sharded.partition_rules,
                                   parallel.make_mesh(sharded.mesh))
   assert P(None, "fsdp") in {s.spec for s in jax.tree.leaves(specs["projector"])}
+
+
+def test_two_processes_on_localhost_train_together(tiny_data_dir, tmp_path):
+  """The multi-host path: 2 processes x 2 devices, gloo collectives over 127.0.0.1."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      ["bash", "launch/local_multiprocess.sh", "2",
+       "--config", "configs/ssl/barlow_twins.py:runlocal",
+       f"--config.data_dir={tiny_data_dir}", "--config.total_steps=3",
+       "--workdir", str(workdir)],
+      cwd=root, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "DEVICES_PER_PROCESS": "2"})
+  assert proc.returncode == 0, proc.stdout + proc.stderr + (
+      workdir / "process_1.log").read_text()
+  assert "step 3/3" in proc.stdout
+  model = tandem.load(str(workdir))
+  assert model.step == 3
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(
+      jax.device_get(model.params)))

@@ -309,6 +309,14 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0, for multi-process runs started by hand "
+                    "(launch/local_multiprocess.sh); TPU pods and SLURM need none.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() with the cluster's own settings "
+                  "(TPU pods, SLURM).")
 
 
 def _parse_flags(argv):
@@ -343,6 +351,12 @@ def main(argv):
   del argv
   if not FLAGS["verbosity"].present:  # Orbax and TFDS are chatty at INFO.
     logging.set_verbosity(logging.WARNING)
+  if FLAGS.coordinator_address:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id)
+  elif FLAGS.distributed:
+    jax.distributed.initialize()
   if FLAGS.config is None or FLAGS.workdir is None:
     sys.exit("Usage: python -m tandem.ssl.train --config FILE[:ARG] --workdir DIR")
   try:
