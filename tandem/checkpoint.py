@@ -21,9 +21,6 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-ITEMS = ("model", "train_state", "data")
-
-
 class CheckpointError(RuntimeError):
   """A checkpoint is missing, incomplete or unreadable."""
 

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
 import optax
 
 from tandem import checkpoint
