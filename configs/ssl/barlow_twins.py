@@ -3,133 +3,20 @@ r"""Barlow Twins pretraining.
     python -m tandem.ssl.train --config configs/ssl/barlow_twins.py:dataset=fashion_mnist,model=cnn \
         --workdir /tmp/bt [--config.total_steps=2000 ...]
 
-Arg keys: `dataset` (a TFDS name prepared in the data dir; presets for
-fashion_mnist and cifar10_subset), `model` (cnn, resnet18, resnet50, vit_tiny,
-vit_ti, vit_s, vit_b), `res` (input size for other datasets), `runlocal` (shrinks
-model, batch and steps so the real config runs in seconds on a CPU).
+Arg keys (tandem/ssl/config_base.py): `dataset`, `model`, `res`, `runlocal`.
 
 The CPU default (fashion_mnist + cnn) is the `make demo` recipe; the ImageNet-scale
 reference settings of PROTOCOLS.md apply with `model=resnet50` and the `lars`
 optimizer (projector 8192-8192-8192, lr 0.2 / 0.0048 per 256, wd 1.5e-6).
 """
-import ml_collections
-
-from tandem.config_arg import parse_arg
-
-# Per-dataset input settings: stored size, channels, normalisation statistics.
-DATASETS = {
-    "fashion_mnist": dict(image_size=28, channels=1, mean=(0.2860,), std=(0.3530,),
-                          num_classes=10, train_split="train", test_split="test",
-                          num_train=60000),
-    "cifar10_subset": dict(image_size=32, channels=3, mean=(0.4914, 0.4822, 0.4465),
-                           std=(0.2470, 0.2435, 0.2616), num_classes=10,
-                           train_split="train", test_split="test", num_train=5085),
-}
-IMAGENET = dict(channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                num_classes=1000, train_split="train", test_split="validation",
-                num_train=1281167)
-
-MODELS = {
-    # CPU-sized: two strided convs, then flatten -> Dense 512 (pre_logits); about
-    # 750 image pairs/s for Barlow Twins at 28x28 on 2 CPU cores (bench/train_step.py).
-    "cnn": ("cnn", dict(widths=(32, 64), strides=(2, 2), pool="flatten",
-                        dense_dim=512)),
-    "resnet18": ("resnet", dict(depth=18, width=1.0, stem="cifar")),
-    "resnet50": ("resnet", dict(depth=50, width=1.0, stem="imagenet")),
-    "vit_tiny": ("vit", dict(variant="tiny", patch_size=4, pool_type="gap")),
-    "vit_ti": ("vit", dict(variant="Ti", patch_size=16, pool_type="cls")),
-    "vit_s": ("vit", dict(variant="S", patch_size=16, pool_type="cls")),
-    "vit_b": ("vit", dict(variant="B", patch_size=16, pool_type="cls")),
-}
+from tandem.ssl import config_base
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, dataset="fashion_mnist", model="cnn", res=224, runlocal=False)
-  if arg.model not in MODELS:
-    raise ValueError(f"Unknown model {arg.model!r}; choose from {sorted(MODELS)}.")
-  data = DATASETS.get(arg.dataset, dict(IMAGENET, image_size=arg.res))
-  small = arg.dataset in DATASETS
-  config = ml_collections.ConfigDict()
-  config.objective = "barlow_twins"
-  config.seed = 0
-
-  config.dataset = arg.dataset
-  config.data_dir = ""  # "" -> $TANDEM_DATA_DIR or ~/tensorflow_datasets.
-  config.train_split = data["train_split"]
-  config.input = dict(image_size=data["image_size"], channels=data["channels"],
-                      mean=data["mean"], std=data["std"],
-                      batch_size=256 if small else 2048)
-
-  config.model_name, model = MODELS[arg.model]
-  config.model = dict(model)
-  if small and arg.model.startswith("vit"):
-    config.model.patch_size = 4
-  if small and arg.model.startswith("resnet"):
-    config.model.stem = "cifar"
-
+  config, arg, small = config_base.get_base_config(arg, "barlow_twins")
   config.barlow_twins = dict(
       projector_dims=(1024, 1024) if small else (8192, 8192, 8192),
       lambd=0.0051, loss_scale=0.1 if small else 1.0)
-
-  # Augmentations (tandem.data.augment), BYOL-style asymmetric views.
-  rgb = data["channels"] == 3
-  view = dict(crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
-              jitter_prob=0.8, brightness=0.4, contrast=0.4,
-              saturation=0.2 if rgb else 0.0, hue=0.1 if rgb else 0.0,
-              grayscale_prob=0.2 if rgb else 0.0, blur_prob=1.0,
-              blur_sigma=(0.1, 2.0), blur_kernel_frac=0.1, solarize_prob=0.0,
-              solarize_threshold=0.5)
-  config.aug = dict(view1=dict(view), view2=dict(view, blur_prob=0.1, solarize_prob=0.2))
-  if small:
-    for v in ("view1", "view2"):
-      config.aug[v].crop_scale = (0.2, 1.0)
-      config.aug[v].blur_sigma = (0.1, 1.0)
-
-  if small:
-    config.total_steps = 1800  # About 7.7 epochs of Fashion-MNIST at batch 256.
-    config.optimizer = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.999,
-                            weight_decay=1e-4, grad_clip_norm=0.0)
-    config.schedule = dict(warmup_steps=100, end_factor=0.0)
-  else:
-    config.total_steps = 1000 * 1281167 // 2048  # 1000 epochs.
-    config.optimizer = dict(name="lars", lr=0.2, bias_lr=0.0048, weight_decay=1.5e-6,
-                            momentum=0.9, trust_coefficient=0.001, grad_clip_norm=0.0)
-    config.schedule = dict(warmup_steps=10 * 1281167 // 2048, end_factor=0.001)
-
-  # Device mesh ({axis: size}, -1 = the rest) and parameter partition rules
-  # ((regex, spec) pairs, first match wins; replicated by default).
-  config.mesh = dict(data=-1, fsdp=1, model=1)
-  config.partition_rules = [(".*", ())]
-
-  config.log_every = 50
-  config.checkpoint = dict(every=500, keep=2, async_save=True)
-  # Linear probe on frozen pre_logits of the pretraining dataset; L2 chosen on a
-  # validation split carved from train (never test).
-  config.evals = dict(
-      every=0 if small else 10000,  # 0: only at the end.
-      baselines=False,  # Also probe the random-init encoder and raw pixels at step 0.
-      linear_probe=dict(dataset=arg.dataset, train_split=data["train_split"],
-                        test_split=data["test_split"], num_val=min(10000, data["num_train"] // 6),
-                        max_train=0, max_test=0, layer="pre_logits", batch_size=1024))
-  config.allow_config_change = False  # Resume even if the workdir's config differs.
-
   if arg.runlocal:
-    config.input.batch_size = 16
-    config.total_steps = 2
-    config.schedule.warmup_steps = 1
     config.barlow_twins.projector_dims = (64, 64)
-    config.log_every = 1
-    config.checkpoint.every = 1
-    config.evals.every = 0
-    config.evals.linear_probe.max_train = 256
-    config.evals.linear_probe.num_val = 64
-    config.evals.linear_probe.max_test = 256
-    if arg.model == "cnn":
-      config.model = dict(widths=(8, 16), strides=(2, 2), pool="gap", dense_dim=0)
-    elif arg.model.startswith("resnet"):
-      config.model.width = 0.125
-    elif arg.model.startswith("vit"):
-      config.model = dict(variant="tiny", patch_size=config.model.patch_size,
-                          pool_type=config.model.pool_type, width=32, depth=1,
-                          mlp_dim=64, num_heads=2)
   return config

@@ -1,0 +1,53 @@
+"""The two-view (siamese) set-up shared by Barlow Twins and SimCLR.
+
+`Model` is a backbone (`encoder`, looked up by name in `tandem.models`) followed by a
+projector MLP (`projector`); every objective keeps its backbone under `encoder`, which
+is what feature extraction and `tandem.load` read. `embed_two_views` augments a uint8
+batch into two views (on device, per-example keys), normalises them, and encodes each
+in its own forward pass, as the reference implementations do, so batch-norm statistics
+are per view.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+
+from tandem import models
+from tandem.data import augment
+from tandem.data import preprocess
+from tandem.models import heads
+
+
+class Model(nn.Module):
+  """Backbone (`encoder`) followed by a projector (`projector`); adds `z`."""
+  encoder_name: str
+  encoder: dict[str, Any]
+  projector_dims: Sequence[int]
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    out = models.get_model(self.encoder_name, **self.encoder, name="encoder")(
+        images, train=train)
+    z = heads.Projector(hidden_dims=tuple(self.projector_dims[:-1]),
+                        out_dim=self.projector_dims[-1], name="projector")(
+                            out["pre_logits"], train=train)
+    return {**out, "z": z}
+
+
+def make_model(config, projector_dims: Sequence[int]) -> Model:
+  return Model(encoder_name=config.model_name, encoder=config.model.to_dict(),
+               projector_dims=tuple(projector_dims))
+
+
+def embed_two_views(model: Model, params, model_state, images_uint8, rng, config):
+  """Returns ((z1, z2), new_model_state) for two augmented views of the batch."""
+  views = augment.two_views(rng, images_uint8, config.aug)
+  state, zs = model_state, []
+  for view in views:
+    out, state = model.apply(
+        {"params": params, **state},
+        preprocess.normalize(view, config.input.mean, config.input.std),
+        train=True, mutable=["batch_stats"])
+    zs.append(out["z"])
+  return tuple(zs), state

@@ -1,0 +1,48 @@
+"""Objectives on 8 fake CPU devices equal the single-device computation."""
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tandem import parallel
+
+
+@pytest.mark.parametrize("objective,model", [
+    ("barlow_twins", "cnn"), ("barlow_twins", "resnet18"), ("simclr", "cnn")])
+def test_sharded_loss_grads_and_batch_stats_equal_single_device(objective, model):
+  """On 8 fake devices the global-batch loss equals the single-device one: the
+  cross-correlation (Barlow Twins) and the negatives (SimCLR) span all devices."""
+  assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
+  config = importlib.import_module(f"configs.ssl.{objective}").get_config(
+      f"model={model},runlocal")
+  module = importlib.import_module(f"tandem.ssl.{objective}")
+  model_def = module.make_model(config)
+  loss_fn = module.make_loss_fn(model_def, config)
+  images = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), np.uint8)
+  variables = model_def.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
+  params = variables.pop("params")
+  rng = jax.random.key(3)
+
+  def run(mesh):
+    batch = jax.device_put({"image": images}, parallel.batch_sharding(mesh))
+    p = jax.device_put(params, parallel.replicated(mesh))
+    s = jax.device_put(dict(variables), parallel.replicated(mesh))
+    fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    (loss, (metrics, state)), grads = fn(p, s, batch, rng)
+    return jax.device_get((loss, grads, state))
+
+  mesh8 = parallel.make_mesh({"data": 8})
+  mesh1 = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  loss8, grads8, state8 = run(mesh8)
+  loss1, grads1, state1 = run(mesh1)
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               grads8, grads1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               state8, state1)
+  # The statistics moved: they were computed from the batch, not left at init.
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), state1,
+                       jax.device_get(dict(variables)))
+  assert max(jax.tree.leaves(moved)) > 0
