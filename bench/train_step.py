@@ -13,7 +13,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,13 +33,8 @@ def main(argv):
   tx, lr = optimizers.make_optimizer(config)
   step_fn = train._make_step(objective.make_loss_fn(model, config), tx, lr)  # pylint: disable=protected-access
   size, ch, batch = config.input.image_size, config.input.channels, config.input.batch_size
-  variables = dict(model.init(jax.random.key(0, impl="rbg"),
-                              jnp.zeros((2, size, size, ch)), train=False))
-  params = variables.pop("params")
-  state = dict(opt_state=tx.init(params), model_state=variables,
-               step=jnp.zeros((), jnp.int32),
-               rng=jax.random.key_data(jax.random.key(1)),
-               nonfinite_step=jnp.full((), -1, jnp.int32))
+  params, state = train.make_init_fn(model, tx, config)(
+      jax.random.key(config.seed, impl="rbg"))
   images = np.random.default_rng(0).integers(0, 256, (batch, size, size, ch), np.uint8)
   batch_data = jax.device_put({"image": images}, parallel.batch_sharding(mesh))
   step = jax.jit(step_fn, donate_argnums=(0, 1))

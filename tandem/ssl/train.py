@@ -85,6 +85,23 @@ def check_config_matches_workdir(config, workdir: str) -> None:
         "anyway.")
 
 
+def make_init_fn(model, tx, config):
+  """`init(rng) -> (params, state)`: fresh params and the train state around them."""
+  size, channels = config.input.image_size, config.input.channels
+  dummy = jnp.zeros((2, size, size, channels), jnp.float32)
+
+  def init(rng):
+    variables = dict(model.init(rng, dummy, train=False))
+    params = variables.pop("params")
+    state = dict(opt_state=tx.init(params), model_state=variables,
+                 step=jnp.zeros((), jnp.int32),
+                 rng=jax.random.key_data(jax.random.key(config.seed + 1)),
+                 nonfinite_step=jnp.full((), -1, jnp.int32))
+    return params, state
+
+  return init
+
+
 def _make_step(loss_fn, tx, lr_schedule):
   def train_step(params, state, batch):
     step = state["step"]
@@ -157,17 +174,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = objective.make_model(config)
   loss_fn = objective.make_loss_fn(model, config)
   tx, lr_schedule = optimizers.make_optimizer(config)
-  size, channels = config.input.image_size, config.input.channels
-  dummy = jnp.zeros((2, size, size, channels), jnp.float32)
-
-  def init(rng):
-    variables = dict(model.init(rng, dummy, train=False))
-    params = variables.pop("params")
-    state = dict(opt_state=tx.init(params), model_state=variables,
-                 step=jnp.zeros((), jnp.int32),
-                 rng=jax.random.key_data(jax.random.key(config.seed + 1)),
-                 nonfinite_step=jnp.full((), -1, jnp.int32))
-    return params, state
+  init = make_init_fn(model, tx, config)
 
   # --- Sharding -----------------------------------------------------------------
   # Parameters are drawn with the "rbg" generator: with threefry, XLA:CPU needs
