@@ -1,4 +1,5 @@
-"""Metrics to JSONL and TensorBoard event files, and a one-line progress display.
+"""Metrics to JSONL and TensorBoard event files (images also as PNG files), and a
+one-line progress display.
 
 TensorBoard events are written with tensorboardX (protobuf only, no TensorFlow).
 Only process 0 writes.
@@ -13,6 +14,8 @@ import time
 import jax
 import numpy as np
 
+from tandem.data import png
+
 
 class MetricsWriter:
 
@@ -21,6 +24,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
+    self._workdir = workdir
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
     from tensorboardX import SummaryWriter  # Imported lazily: slow import.
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -35,10 +39,21 @@ class MetricsWriter:
       self._tb.add_scalar(k, v, int(step))
     self._tb.flush()
 
-  def write_images(self, step: int, name: str, images) -> None:
-    if self.enabled:
-      self._tb.add_images(name, np.asarray(images), int(step), dataformats="NHWC")
-      self._tb.flush()
+  def write_images(self, step: int, name: str, image) -> None:
+    """One uint8 image [H, W, C] (e.g. a grid) to TensorBoard and to
+    WORKDIR/images/<name>/<step>.png (`/` in the name becomes `_`)."""
+    if not self.enabled:
+      return
+    image = np.asarray(image)
+    if image.ndim != 3 or image.dtype != np.uint8:
+      raise ValueError(f"Expected a uint8 image [H, W, C], got {image.dtype} "
+                       f"{image.shape} for {name!r}.")
+    self._tb.add_image(name, image, int(step), dataformats="HWC")
+    self._tb.flush()
+    folder = os.path.join(self._workdir, "images", name.replace("/", "_"))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{int(step):08d}.png"), "wb") as f:
+      f.write(png.encode_png(image))
 
   def close(self) -> None:
     if self.enabled:

@@ -51,3 +51,36 @@ def test_identical_views_have_zero_invariance_term():
   z = np.random.default_rng(1).normal(size=(64, 4))
   _, metrics = barlow_twins.barlow_twins_loss(jnp.asarray(z), jnp.asarray(z))
   assert metrics["on_diag"] < 1e-3
+
+
+def numpy_mixup_regularizer(z1, z2, zm, perm, alpha, eps=1e-5):
+  """Mixed Barlow Twins' term, written out element by element."""
+  std = lambda z: (z - z.mean(0)) / np.sqrt(z.var(0) + eps)
+  z1, z2, zm = std(z1), std(z2), std(zm)
+  n, d = z1.shape
+  total = 0.0
+  for z in (z1, z2):
+    for i in range(d):
+      for j in range(d):
+        c_mix = sum(zm[k, i] * z[k, j] for k in range(n)) / n
+        target = sum(alpha * z1[k, i] * z[k, j] + (1 - alpha) * z2[perm[k], i]
+                     * z[k, j] for k in range(n)) / n
+        total += (c_mix - target) ** 2
+  return total
+
+
+def test_mixup_regularizer_and_gradient_match_numpy():
+  rng = np.random.default_rng(2)
+  z1, z2, zm = rng.normal(size=(3, 10, 4))
+  perm, alpha = rng.permutation(10), 0.3
+  value = barlow_twins.mixup_regularizer(jnp.asarray(z1), jnp.asarray(z2),
+                                         jnp.asarray(zm), jnp.asarray(perm), alpha)
+  np.testing.assert_allclose(value, numpy_mixup_regularizer(z1, z2, zm, perm, alpha),
+                             rtol=1e-5)
+  with jax.enable_x64():
+    grad = jax.grad(lambda m: barlow_twins.mixup_regularizer(
+        jnp.asarray(z1), jnp.asarray(z2), m, jnp.asarray(perm), alpha))(
+            jnp.asarray(zm, jnp.float64))
+  np.testing.assert_allclose(grad, numerical_grad(
+      lambda m: numpy_mixup_regularizer(z1, z2, m, perm, alpha), zm), atol=1e-4)
+

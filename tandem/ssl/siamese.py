@@ -5,7 +5,7 @@ projector MLP (`projector`); every objective keeps its backbone under `encoder`,
 is what feature extraction and `tandem.load` read. `embed_two_views` augments a uint8
 batch into two views (on device, per-example keys), normalises them, and encodes each
 in its own forward pass, as the reference implementations do, so batch-norm statistics
-are per view.
+are per view (`augmented_views` and `encode` are its two halves).
 """
 from __future__ import annotations
 
@@ -40,14 +40,23 @@ def make_model(config, projector_dims: Sequence[int]) -> Model:
                projector_dims=tuple(projector_dims))
 
 
-def embed_two_views(model: Model, params, model_state, images_uint8, rng, config):
-  """Returns ((z1, z2), new_model_state) for two augmented views of the batch."""
-  views = augment.two_views(rng, images_uint8, config.aug)
+def augmented_views(rng, images_uint8, config) -> tuple:
+  """Two augmented, normalised float views of a uint8 batch (on device)."""
+  return tuple(preprocess.normalize(view, config.input.mean, config.input.std)
+               for view in augment.two_views(rng, images_uint8, config.aug))
+
+
+def encode(model: Model, params, model_state, views):
+  """Projections of each view, one forward pass each; returns (zs, new_model_state)."""
   state, zs = model_state, []
   for view in views:
-    out, state = model.apply(
-        {"params": params, **state},
-        preprocess.normalize(view, config.input.mean, config.input.std),
-        train=True, mutable=["batch_stats"])
+    out, state = model.apply({"params": params, **state}, view, train=True,
+                             mutable=["batch_stats"])
     zs.append(out["z"])
   return tuple(zs), state
+
+
+def embed_two_views(model: Model, params, model_state, images_uint8, rng, config):
+  """Returns ((z1, z2), new_model_state) for two augmented views of the batch."""
+  return encode(model, params, model_state,
+                augmented_views(rng, images_uint8, config))

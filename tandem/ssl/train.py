@@ -7,7 +7,17 @@ Read top to bottom: config → mesh → data → model/optimizer → sharding �
 checkpoint → evals → loop. The objective is looked up by name
 (`tandem.ssl.<config.objective>`) and provides `make_model(config)` and
 `make_loss_fn(model, config)` with
-`loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))`.
+`loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))`,
+and optionally `init_inputs(config)`: the example inputs `model.init` is called with
+(default: one image batch of the config's size), e.g. images and tokens for
+image-text models. Batches are dicts of arrays sharded over the batch axes: "image"
+(uint8) and "label", plus "text" tokens when `config.input.text` is set.
+
+Evaluators are the dict-valued entries of `config.evals`: entry NAME is run by
+`<module>.Evaluator(config, data_dir=, mesh=)` with `module` from the entry, default
+`tandem.transfer.NAME`; `run(variables)` gets the whole model's variables and returns
+scalars, and images (uint8 [H, W, C]) that are written to TensorBoard and as PNGs
+in WORKDIR/images/.
 
 Interrupting (SIGTERM or Ctrl-C) finishes the current step, saves a checkpoint and
 exits; the same command resumes from the workdir (params, batch stats, optimizer
@@ -32,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
+import numpy as np
 import optax
 
 from tandem import checkpoint
@@ -40,8 +51,6 @@ from tandem import metrics_writer
 from tandem import optimizers
 from tandem import parallel
 from tandem.data import input_pipeline
-from tandem.transfer import features
-from tandem.transfer import linear_probe
 
 # Keys that may differ between a run and its resumption without refusal.
 RESUME_IGNORED_KEYS = ("allow_config_change",)
@@ -85,13 +94,21 @@ def check_config_matches_workdir(config, workdir: str) -> None:
         "anyway.")
 
 
-def make_init_fn(model, tx, config):
-  """`init(rng) -> (params, state)`: fresh params and the train state around them."""
+def default_init_inputs(config) -> tuple:
   size, channels = config.input.image_size, config.input.channels
-  dummy = jnp.zeros((2, size, size, channels), jnp.float32)
+  return (jnp.zeros((2, size, size, channels), jnp.float32),)
+
+
+def make_init_fn(model, tx, config, init_inputs=None):
+  """`init(rng) -> (params, state)`: fresh params and the train state around them.
+
+  `init_inputs`: example inputs for `model.init` (default `default_init_inputs`).
+  """
+  if init_inputs is None:
+    init_inputs = default_init_inputs(config)
 
   def init(rng):
-    variables = dict(model.init(rng, dummy, train=False))
+    variables = dict(model.init(rng, *init_inputs, train=False))
     params = variables.pop("params")
     state = dict(opt_state=tx.init(params), model_state=variables,
                  step=jnp.zeros((), jnp.int32),
@@ -100,6 +117,17 @@ def make_init_fn(model, tx, config):
     return params, state
 
   return init
+
+
+def make_evaluators(config, *, data_dir: str, mesh) -> dict:
+  """{name: Evaluator} for the dict-valued entries of `config.evals`."""
+  evaluators = {}
+  for name, block in config.evals.items():
+    if not isinstance(block, ml_collections.ConfigDict):
+      continue
+    module = importlib.import_module(block.get("module", f"tandem.transfer.{name}"))
+    evaluators[name] = module.Evaluator(config, data_dir=data_dir, mesh=mesh)
+  return evaluators
 
 
 def _make_step(loss_fn, tx, lr_schedule):
@@ -168,13 +196,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_iter = input_pipeline.make_train_iterator(
       config.dataset, config.train_split, data_dir=data_dir,
       image_size=config.input.image_size, channels=config.input.channels,
-      global_batch_size=config.input.batch_size, seed=config.seed)
+      global_batch_size=config.input.batch_size, seed=config.seed,
+      **({"text": config.input.text.to_dict()} if "text" in config.input else {}))
 
   # --- Model and optimizer --------------------------------------------------------
   model = objective.make_model(config)
   loss_fn = objective.make_loss_fn(model, config)
   tx, lr_schedule = optimizers.make_optimizer(config)
-  init = make_init_fn(model, tx, config)
+  init_inputs = getattr(objective, "init_inputs", default_init_inputs)(config)
+  init = make_init_fn(model, tx, config, init_inputs)
 
   # --- Sharding -----------------------------------------------------------------
   # Parameters are drawn with the "rbg" generator: with threefry, XLA:CPU needs
@@ -199,11 +229,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep,
                                  async_save=config.checkpoint.async_save)
   resumed_step = ckpt.latest_step()
+  captions_truncated = 0  # This process's captions cut to the text tower's length.
   if resumed_step is not None:
     with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
     params, state, data_state = ckpt.restore(
         resumed_step, jax.tree.map(with_sharding, abstract_params, params_sharding),
         jax.tree.map(with_sharding, abstract_state, state_sharding))
+    captions_truncated = data_state.pop("captions_truncated", 0)
     train_iter.set_state(data_state)
   first_step = int(state["step"])
 
@@ -211,14 +243,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metrics_writer.MetricsWriter(workdir)
   progress = metrics_writer.Progress(config.total_steps, config.input.batch_size,
                                      first_step)
-  evaluator = linear_probe.Evaluator(config, data_dir=data_dir, mesh=mesh)
+  evaluators = make_evaluators(config, data_dir=data_dir, mesh=mesh)
   results = {}
   if resumed_step is not None:
     progress.message(f"Resumed from step {resumed_step} in {workdir}.")
 
   def run_evals(step, params, state):
     t0 = time.time()
-    metrics = evaluator.run(features.encoder_variables(params, state["model_state"]))
+    variables = {"params": params, **state["model_state"]}
+    metrics = {}
+    for evaluator in evaluators.values():
+      for name, value in evaluator.run(variables).items():
+        if np.ndim(value) >= 3:  # An image.
+          writer.write_images(step, name, value)
+        else:
+          metrics[name] = float(value)
     writer.write(step, metrics)
     progress.message(f"eval @ step {step} ({time.time() - t0:.0f}s): " + ", ".join(
         f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -226,14 +265,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return metrics
 
   baselines_path = os.path.join(workdir, "baselines.json")
-  if config.evals.get("baselines", False):
+  if config.evals.get("baselines", False) and "linear_probe" in evaluators:
     if os.path.exists(baselines_path):  # Computed before an interruption.
       with open(baselines_path) as f:
         results.update(json.load(f))
     elif first_step == 0:
       results["baseline/random_init"] = run_evals(0, params, state)
       t0 = time.time()
-      results["baseline/raw_pixels"] = evaluator.run_raw_pixels()
+      results["baseline/raw_pixels"] = evaluators["linear_probe"].run_raw_pixels()
       progress.exclude(time.time() - t0)
       writer.write(0, results["baseline/raw_pixels"])
       progress.message("eval @ step 0: " + ", ".join(
@@ -251,7 +290,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"Loss became non-finite at step {nonfinite}. Stopped at step {step}; "
           f"the last good checkpoint is step {ckpt.latest_step()} in {workdir}. "
           "Lower the learning rate or check the inputs, then resume from it.")
-    ckpt.save(step, params, state, data_state=train_iter.get_state())
+    data_state = train_iter.get_state()
+    if "text" in config.input:
+      data_state = {**data_state, "captions_truncated": captions_truncated}
+    ckpt.save(step, params, state, data_state=data_state)
 
   # --- Loop -----------------------------------------------------------------------
   step = first_step
@@ -259,11 +301,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     with _StopSignal() as stop:
       while step < config.total_steps:
-        batch = parallel.global_batch(next(train_iter), mesh)
+        local_batch = next(train_iter)
+        if "text_truncated" in local_batch:
+          captions_truncated += int(np.sum(local_batch.pop("text_truncated")))
+        batch = parallel.global_batch(local_batch, mesh)
         params, state, metrics = train_step(params, state, batch)
         step += 1
         if step % config.log_every == 0 or step == config.total_steps:
           last_metrics = jax.device_get(metrics)
+          if "text" in config.input:
+            last_metrics["data/captions_truncated"] = _sum_over_processes(
+                captions_truncated)
           if int(state["nonfinite_step"]) >= 0:
             save(step, params, state)  # Raises NonFiniteLossError.
           last_metrics["images_per_sec"] = progress.update(
@@ -296,19 +344,35 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
+def _sum_over_processes(count: int) -> int:
+  if jax.process_count() == 1:
+    return count
+  from jax.experimental import multihost_utils
+  return int(np.sum(multihost_utils.process_allgather(np.int64(count))))
+
+
 def _print_summary(results: dict, config) -> None:
-  layer = config.evals.linear_probe.layer
-  rows = [("pretrained " + config.objective,
-           results["final"].get(f"linear_probe/{layer}/test_top1"))]
-  if "baseline/random_init" in results:
-    rows += [("same encoder, random weights",
-              results["baseline/random_init"][f"linear_probe/{layer}/test_top1"]),
-             ("raw pixels", results["baseline/raw_pixels"]
-              ["linear_probe/raw_pixels/test_top1"])]
-  print(f"\nLinear probe ({layer}, L2 chosen on a split of train) on "
-        f"{config.evals.linear_probe.dataset} {config.evals.linear_probe.test_split}:")
-  for name, value in rows:
-    print(f"  {name:<34s} {100 * value:6.2f}%")
+  """The final evaluation, with the linear probe next to its baselines."""
+  final = dict(results["final"])
+  if "linear_probe" in config.evals:
+    probe = config.evals.linear_probe
+    key = f"linear_probe/{probe.layer}/test_top1"
+    rows = [("pretrained " + config.objective, final.pop(key, None))]
+    if "baseline/random_init" in results:
+      rows += [("same encoder, random weights",
+                results["baseline/random_init"][key]),
+               ("raw pixels", results["baseline/raw_pixels"]
+                ["linear_probe/raw_pixels/test_top1"])]
+    print(f"\nLinear probe ({probe.layer}, L2 chosen on a split of train) on "
+          f"{probe.dataset} {probe.test_split}:")
+    for name, value in rows:
+      print(f"  {name:<34s} {100 * value:6.2f}%")
+  names = [k for k in final
+           if "/" in k and not k.startswith(("linear_probe/", "data/"))]
+  if names:
+    print("\nFinal evaluation:")
+    for name in names:
+      print(f"  {name:<48s} {final[name]:.4f}")
 
 
 FLAGS = flags.FLAGS

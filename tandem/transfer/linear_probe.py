@@ -111,8 +111,8 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_val: int = 10000,
 class Evaluator:
   """Linear probe of the pretraining backbone, run periodically during training.
 
-  Built from `config.evals.linear_probe`; `run(variables)` takes the backbone's
-  variables and returns `{name: value}` metrics. Images are loaded once.
+  Built from `config.evals.linear_probe`; `run(variables)` takes the whole
+  model's variables and returns `{name: value}` metrics. Images are loaded once.
   """
 
   def __init__(self, config, *, data_dir: str, mesh=None):
@@ -132,8 +132,11 @@ class Evaluator:
                         num_val=self.probe.num_val, seed=self.config.seed)
 
   def run(self, variables) -> dict[str, float]:
+    """Probe of the backbone (`encoder`) inside the whole model's `variables`."""
     from tandem.transfer import features
-    extract = functools.partial(features.extract, variables, config=self.config,
+    variables = dict(variables)
+    backbone = features.encoder_variables(variables.pop("params"), variables)
+    extract = functools.partial(features.extract, backbone, config=self.config,
                                 layer=self.probe.layer,
                                 batch_size=self.probe.batch_size, mesh=self.mesh)
     result = self._probe(extract(self.train_images), extract(self.test_images))
