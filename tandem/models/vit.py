@@ -109,11 +109,11 @@ class EncoderBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
     y = nn.LayerNorm(dtype=self.dtype, name="ln1")(x)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, deterministic=True,
-        kernel_init=nn.initializers.xavier_uniform(), name="attn")(y, y)
+        kernel_init=nn.initializers.xavier_uniform(), name="attn")(y, y, mask=mask)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.LayerNorm(dtype=self.dtype, name="ln2")(x)
     return x + MlpBlock(self.mlp_dim, self.dropout, self.dtype, name="mlp")(y, train)
@@ -128,10 +128,11 @@ class Encoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool = False):
+  def __call__(self, x, *, train: bool = False, mask=None):
+    """`mask`: optional attention mask [B, 1 or heads, L, L] (True = attend)."""
     for i in range(self.depth):
       x = EncoderBlock(self.mlp_dim, self.num_heads, self.dropout, self.dtype,
-                       name=f"block{i:02d}")(x, train)
+                       name=f"block{i:02d}")(x, train, mask)
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
 
