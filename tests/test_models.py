@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tandem import models
-from tandem.models import cnn, heads, resnet, vit
+from tandem.models import cnn, heads, resnet, text, vit
 
 # name: (module, kwargs, input HWC, parameter count). BN counts scale + bias only.
 # References: torchvision resnet18/34/50/101/152 (with their 1000-way fc), and
@@ -95,7 +95,57 @@ def test_every_variant_is_pinned():
                                for m, kw in pinned if m == "resnet"}
   assert set(vit.POOL_TYPES) <= {kw.get("pool_type", "cls")
                                  for m, kw in pinned if m == "vit"}
-  assert set(models.available_models()) <= {m for m, _ in pinned}
+  assert set(models.available_models()) <= {m for m, _ in pinned} | {"text"}
+  assert set(text.VARIANTS) <= {kw["variant"] for kw, _, _ in TEXT_SIZES.values()}
+
+
+# Text towers: (kwargs, max_len, parameter count). CLIP ViT-B/32's text tower
+# (vocab 49,408, context 77) has 63,428,096 parameters including its 512x512
+# text_projection, which lives in the two-tower model here, not in the tower.
+TEXT_SIZES = {
+    "text-B-clip": (dict(variant="B", vocab_size=49408, max_len=77), 77,
+                    63_428_096 - 512 * 512),
+    # 259x128 embedding + 64x128 positions + 2 x (4 attention projections with
+    # bias + 2 LN + 128-512-128 MLP) + final LN.
+    "text-tiny-bytes": (dict(variant="tiny", vocab_size=259, max_len=64), 64,
+                        259 * 128 + 64 * 128 + 2 * (4 * (128 * 128 + 128) + 2 * 256
+                                                    + 128 * 512 + 512 + 512 * 128
+                                                    + 128) + 256),
+}
+
+
+@pytest.mark.parametrize("name", TEXT_SIZES)
+def test_text_tower_param_count(name):
+  kwargs, max_len, expected = TEXT_SIZES[name]
+  model = models.get_model("text", **kwargs)
+  tokens = jax.ShapeDtypeStruct((1, max_len), jnp.int32)
+  variables = jax.eval_shape(
+      lambda t: model.init(jax.random.key(0), t, train=False), tokens)
+  assert num_params(variables) == expected
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("pool_type", ["eos", "mean"])
+def test_text_tower_ignores_padding(causal, pool_type):
+  """A text's features do not depend on the padding after it (or, when causal, on
+  anything after its last token)."""
+  model = models.get_model("text", vocab_size=259, width=32, depth=2, mlp_dim=64,
+                           num_heads=2, max_len=16, causal=causal,
+                           pool_type=pool_type)
+  short = jnp.array([[1, 50, 60, 70, 2, 0, 0, 0, 0, 0, 0, 0]])
+  other_pad = short.at[0, 8].set(99)  # Garbage in a pad slot would change pooling...
+  variables = init(model, short)
+  a = apply(model, variables, short)["pre_logits"]
+  b = apply(model, variables, jnp.pad(short, ((0, 0), (0, 4))))["pre_logits"]
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  c = apply(model, variables, other_pad)["pre_logits"]  # ...as it is a real token.
+  assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-4
+
+
+def test_text_tower_rejects_texts_longer_than_max_len():
+  model = models.get_model("text", vocab_size=259, variant="tiny", max_len=8)
+  with pytest.raises(ValueError, match="max_len=8"):
+    init(model, jnp.ones((1, 9), jnp.int32))
 
 
 def test_get_model_unknown_name():
