@@ -3,16 +3,17 @@
   python -m tandem.data.prepare --dataset fashion_mnist [--data_dir DIR]
 
 Our own builders (`fashion_mnist` from local IDX files, `cifar10_subset` from the
-shared npz) are used for their names; any other name goes to TFDS's registered
-builder (which downloads). No TensorFlow is needed: TFDS writes array_record through
-`array_record` and protobuf. A dataset already prepared is left as it is, so a second
-call returns at once.
+shared npz, `captioned_shapes` drawn procedurally) are used for their names; any
+other name goes to TFDS's registered builder (which downloads). No TensorFlow is
+needed: TFDS writes array_record through `array_record` and protobuf. A dataset
+already prepared is left as it is, so a second call returns at once.
 """
 from absl import app
 from absl import flags
 from absl import logging
 import tensorflow_datasets as tfds
 
+from tandem.data import captioned_shapes
 from tandem.data import cifar10_subset
 from tandem.data import fashion_mnist
 from tandem.data import input_pipeline
@@ -21,6 +22,7 @@ from tandem.data import input_pipeline
 BUILDERS = {
     "fashion_mnist": fashion_mnist.FashionMnist,
     "cifar10_subset": cifar10_subset.Cifar10Subset,
+    "captioned_shapes": captioned_shapes.CaptionedShapes,
 }
 
 
@@ -41,7 +43,8 @@ def prepare(name: str, data_dir: str | None = None) -> str:
 
 
 _DATASET = flags.DEFINE_string(
-    "dataset", None, "TFDS name, e.g. fashion_mnist, cifar10_subset, cifar10.")
+    "dataset", None, "TFDS name, e.g. fashion_mnist, cifar10_subset, captioned_shapes,"
+    " cifar10.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Default: $TANDEM_DATA_DIR, else ~/tensorflow_datasets.")
 
