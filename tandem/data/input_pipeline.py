@@ -24,6 +24,16 @@ batch is `global_batch_size // process_count`.
 
 `load_arrays` reads a whole split into memory (linear-probe evaluation) with the same
 decoding and the same `image_ops`.
+
+Image-text data (CLIP/SigLIP): `make_train_iterator(..., text=dict(feature=...,
+tokenizer=..., max_len=...))` adds "text" (int32 [B, max_len] token ids) and
+"text_truncated" (bool [B]) to each batch. The caption is a dataset's Text feature
+("caption", or one of several: "captions/text", see `records.py`), or, with
+`feature=None`, a class-name prompt made from the label (`captions.py`). Which
+caption or prompt is drawn comes from (seed, process, batch number) alone, so
+resuming from `get_state()` reproduces the same batches. Datasets without a label
+feature (coco_captions) have no "label" key in their batches. `load_image_text`
+reads a whole split with all its captions, for retrieval and zero-shot evaluation.
 """
 import concurrent.futures
 import functools
@@ -36,7 +46,9 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tandem.data import captions as captions_lib
 from tandem.data import records
+from tandem.data import tokenizer as tokenizer_lib
 
 DATA_DIR_ENV = "TANDEM_DATA_DIR"
 
@@ -61,6 +73,16 @@ def _prepared_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     raise DatasetNotPreparedError(
         f"Dataset {name!r} is not prepared in {data_dir} (and TFDS has no builder"
         f" for it). {how}") from e
+  except ImportError as e:
+    # Some TFDS builders (coco_captions) need TensorFlow just to be constructed;
+    # once prepared, their files describe them fully.
+    try:
+      builder = tfds.core.read_only_builder.builder_from_files(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+      raise DatasetNotPreparedError(
+          f"Dataset {name!r} is not prepared in {data_dir}, and TFDS's builder for"
+          f" it cannot be loaded here ({e}). Prepare it where it can and copy it"
+          f" there, or: {how}") from e
   if not builder.is_prepared():
     raise DatasetNotPreparedError(
         f"Dataset {name!r} is not prepared in {data_dir} (looked for"
@@ -125,21 +147,66 @@ class _ShuffledBatchIndices:
     return indices
 
 
+_TEXT_KEYS = ("feature", "tokenizer", "max_len")
+_TEXT_SEED_SALT = 0x74657874  # keeps caption draws apart from the shuffle's streams
+
+
+class _Captions:
+  """Decoded batch and its number -> {"text": int32 [B, L], "text_truncated": [B]}.
+
+  Draws one caption per example (or a class-name prompt from the label) from an rng
+  seeded by (seed, process_index, batch), then tokenizes.
+  """
+
+  def __init__(self, text: Any, dataset: str, seed: int, process_index: int):
+    text = dict(text)
+    unknown = set(text) - set(_TEXT_KEYS)
+    if unknown:
+      raise ValueError(f"Unknown text option(s) {sorted(unknown)}; known:"
+                       f" {_TEXT_KEYS}.")
+    if "max_len" not in text:
+      raise ValueError("text options need `max_len` (tokens per caption).")
+    self.feature = text.get("feature") or None
+    self._tokenizer = tokenizer_lib.get_tokenizer(text.get("tokenizer") or "bytes")
+    self._max_len = int(text["max_len"])
+    self._dataset = dataset
+    self._seed = (_TEXT_SEED_SALT, seed, process_index)
+    if self.feature is None:
+      captions_lib.class_names(dataset)  # fail now, not in a reader thread
+
+  def __call__(self, decoded: dict[str, Any], batch: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([*self._seed, batch])
+    if self.feature is None:
+      texts = captions_lib.label_captions(decoded["label"], self._dataset, rng)
+    else:
+      texts = records.sample_texts(decoded["texts"], rng)
+    ids, truncated = self._tokenizer.encode_batch(texts, self._max_len)
+    return {"text": ids, "text_truncated": truncated}
+
+
 class _ReadBatch:
-  """Batch number -> {"image": uint8 NHWC, "label": int32 N}."""
+  """Batch number -> {"image": uint8 NHWC, "label": int32 N[, "text", ...]}."""
 
   def __init__(self, source, batch_indices: _ShuffledBatchIndices,
-               image_size: int, channels: int):
+               image_size: int, channels: int, captions: _Captions | None = None):
     self._source = source
     self._batch_indices = batch_indices
-    self._decoder = records.ExampleDecoder(source.dataset_info)
+    self._decoder = records.ExampleDecoder(
+        source.dataset_info, captions.feature if captions else None)
     self._image_size = image_size
     self._channels = channels
+    self._captions = captions
 
   def __call__(self, batch: int) -> dict[str, np.ndarray]:
     raw = self._source.__getitems__(self._batch_indices(batch).tolist())
-    images, labels = self._decoder.decode_batch(raw, self._image_size, self._channels)
-    return {"image": images, "label": labels}
+    if self._captions is None:
+      images, labels = self._decoder.decode_batch(raw, self._image_size,
+                                                  self._channels)
+      return {"image": images, "label": labels}
+    decoded = self._decoder.decode(raw, self._image_size, self._channels)
+    out = {k: v for k, v in decoded.items() if k != "texts"}
+    out.update(self._captions(decoded, batch))
+    return out
 
 
 def make_train_iterator(
@@ -157,6 +224,7 @@ def make_train_iterator(
     process_count: int | None = None,
     num_threads: int = 2,
     prefetch_batches: int = 4,
+    text: dict | None = None,
 ) -> grain.DatasetIterator:
   """Iterator of this process's batches, with `get_state()`/`set_state(state)`.
 
@@ -164,6 +232,13 @@ def make_train_iterator(
   with B = global_batch_size // process_count. Repeats forever unless `num_epochs`
   (then `drop_remainder` decides the last, smaller batch). `process_index` and
   `process_count` default to JAX's; pass them to simulate other processes.
+
+  `text` (a dict or ConfigDict) makes image-text batches: `feature` is the caption's
+  Text feature path ("caption", "captions/text"), or None/"" for class-name prompts
+  from the label (`captions.label_captions`); `tokenizer` a `tokenizer.get_tokenizer`
+  spec (default "bytes"); `max_len` the token length. Batches then also hold "text"
+  int32 [B, max_len] and "text_truncated" bool [B]; "label" only if the dataset has
+  a label feature.
   """
   if process_index is None:
     process_index = jax.process_index()
@@ -188,8 +263,10 @@ def make_train_iterator(
     num_batches = (num_examples // local_batch_size if drop_remainder
                    else -(-num_examples // local_batch_size))
   batch_indices = _ShuffledBatchIndices(shard, local_batch_size, seed, num_examples)
+  captions = (None if text is None
+              else _Captions(text, name, seed, process_index))
   ds = grain.MapDataset.range(num_batches).map(
-      _ReadBatch(source, batch_indices, image_size, channels))
+      _ReadBatch(source, batch_indices, image_size, channels, captions))
   read_options = grain.ReadOptions(num_threads=num_threads,
                                    prefetch_buffer_size=prefetch_batches)
   return iter(ds.to_iter_dataset(read_options))
@@ -210,20 +287,63 @@ def load_arrays(
   Without `image_size` the dataset's images must share one size. Order is the
   stored order (the same as `get_data_source(name, split)[i]`).
   """
-  source = _raw_source(name, split, data_dir)
-  decoder = records.ExampleDecoder(source.dataset_info)
+  decoded = _load_split(name, split, data_dir, image_size, channels, None,
+                        chunk_size, num_threads)
+  return decoded["image"], decoded["label"]
 
-  def read(start: int) -> tuple[np.ndarray, np.ndarray]:
+
+def load_image_text(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    text_feature: str | None = "caption",
+    chunk_size: int = 1024,
+    num_threads: int = 2,
+) -> tuple[np.ndarray, list[list[str]], np.ndarray | None]:
+  """A whole split for retrieval / zero-shot: (uint8 [N, H, W, C] images, all
+  captions of each image, int32 [N] labels or None when the dataset has none).
+
+  `text_feature` as `make_train_iterator`'s text `feature`; None or "" gives each
+  image all the class-name prompts of its label (`captions.prompts`). Order is the
+  stored order, as in `load_arrays`.
+  """
+  decoded = _load_split(name, split, data_dir, image_size, channels,
+                        text_feature or None, chunk_size, num_threads)
+  labels = decoded.get("label")
+  if text_feature:
+    texts = decoded["texts"]
+  else:
+    if labels is None:
+      raise ValueError(f"{name} has no label feature to make captions from.")
+    prompts = captions_lib.prompts(name)
+    texts = [list(prompts[label]) for label in labels]
+  return decoded["image"], texts, labels
+
+
+def _load_split(name: str, split: str, data_dir: str | None, image_size: int | None,
+                channels: int | None, text_feature: str | None, chunk_size: int,
+                num_threads: int) -> dict[str, Any]:
+  """`ExampleDecoder.decode` of the whole split, read in chunks on threads."""
+  source = _raw_source(name, split, data_dir)
+  decoder = records.ExampleDecoder(source.dataset_info, text_feature)
+
+  def read(start: int) -> dict[str, Any]:
     raw = source.__getitems__(list(range(start, min(start + chunk_size, len(source)))))
-    return decoder.decode_batch(raw, image_size, channels)
+    return decoder.decode(raw, image_size, channels)
 
   with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
     chunks = list(pool.map(read, range(0, len(source), chunk_size)))
   if not chunks:
     raise ValueError(f"{name} {split} is empty.")
-  if len({c[0].shape[1:] for c in chunks}) > 1:
+  if len({c["image"].shape[1:] for c in chunks}) > 1:
     raise ValueError(f"{name} {split} has images of different sizes; pass"
                      " `image_size`.")
-  images = np.concatenate([c[0] for c in chunks])
-  labels = np.concatenate([c[1] for c in chunks])
-  return images, labels
+  decoded = {"image": np.concatenate([c["image"] for c in chunks])}
+  if "label" in chunks[0]:
+    decoded["label"] = np.concatenate([c["label"] for c in chunks])
+  if "texts" in chunks[0]:
+    decoded["texts"] = [t for c in chunks for t in c["texts"]]
+  return decoded

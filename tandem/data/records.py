@@ -1,4 +1,4 @@
-"""Decode serialized TFDS records to numpy (image, label) pairs, without TensorFlow.
+"""Decode serialized TFDS records to numpy (image, label[, texts]), without TensorFlow.
 
 Why not TFDS's own `data_source` decoding: without TensorFlow, TFDS parses every
 `tf.train.Example` in pure Python (~200 us each on our CPUs) and decodes images with
@@ -10,9 +10,16 @@ prepared by TFDS itself) goes to OpenCV if installed, else Pillow.
 
 Which features: `info.supervised_keys` when it names two top-level features (TFDS
 image-classification datasets do: `("image", "label")`), else "image" and "label".
+
+Text (image-text datasets): a `text_feature` path names a `tfds.features.Text`,
+either top-level ("caption") or inside a `Sequence` of dicts ("captions/text", as in
+TFDS's `coco_captions`). TFDS stores it under that flattened key as a bytes feature
+with one value per caption; the decoder returns all of them per example (evaluation)
+and `sample_texts` picks one per example with a seeded rng (training). With a text
+feature the label is optional: datasets without one (coco_captions) decode without.
 """
 import io
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -58,16 +65,67 @@ def decode_image(data: bytes, channels: int | None = None) -> np.ndarray:
   return image
 
 
-class ExampleDecoder:
-  """Turns serialized examples of a TFDS image-classification dataset into arrays."""
+def text_feature_key(features: tfds.features.FeaturesDict, path: str) -> str:
+  """The Example key of the Text feature at `path` ("caption", "captions/text").
 
-  def __init__(self, info: tfds.core.DatasetInfo):
+  TFDS flattens nested features with "/", so the key is the path itself; a
+  top-level name may hold "/" too (coco's "image/filename").
+  """
+  if not isinstance(_find_feature(features, path.split("/")), tfds.features.Text):
+    found = sorted(k for k, f in _flat_features(features)
+                   if isinstance(f, tfds.features.Text))
+    raise ValueError(f"No text feature {path!r}; text features: {found}.")
+  return path
+
+
+def _find_feature(feature, parts: list[str]):
+  """The feature at path `parts`, looking through Sequences; None if absent."""
+  if isinstance(feature, tfds.features.Sequence):  # of dicts, or Sequence(Text())
+    feature = feature.feature
+  if not parts:
+    return feature
+  if not isinstance(feature, tfds.features.FeaturesDict):
+    return None
+  for i in range(len(parts), 0, -1):
+    key = "/".join(parts[:i])
+    if key in feature:
+      found = _find_feature(feature[key], parts[i:])
+      if found is not None:
+        return found
+  return None
+
+
+def _flat_features(feature, prefix: str = ""):
+  """(flattened key, feature) pairs, looking through Sequences of dicts."""
+  if isinstance(feature, tfds.features.Sequence):
+    feature = feature.feature
+  if isinstance(feature, tfds.features.FeaturesDict):
+    for key, child in feature.items():
+      yield from _flat_features(child, f"{prefix}{key}/")
+  else:
+    yield prefix[:-1], feature
+
+
+def sample_texts(texts: Sequence[Sequence[str]], rng: np.random.Generator) -> list[str]:
+  """One text per example, uniformly among its texts ("" when it has none)."""
+  draws = rng.random(len(texts))
+  return [t[int(u * len(t))] if len(t) else "" for t, u in zip(texts, draws)]
+
+
+class ExampleDecoder:
+  """Turns serialized examples of a TFDS image dataset into arrays (and texts)."""
+
+  def __init__(self, info: tfds.core.DatasetInfo, text_feature: str | None = None):
     keys = info.supervised_keys
     if not (isinstance(keys, tuple) and len(keys) == 2
             and all(isinstance(k, str) for k in keys)):
       keys = ("image", "label")
     self.image_key, self.label_key = keys
     features = info.features
+    self.text_key = text_feature_key(features, text_feature) if text_feature else None
+    if self.text_key and self.label_key not in features:
+      self.label_key = None  # image-text data without labels
+      keys = (self.image_key,)
     for key in keys:
       if key not in features:
         raise ValueError(f"Dataset {info.full_name} has no feature {key!r} "
@@ -89,7 +147,25 @@ class ExampleDecoder:
     Images are resized to `image_size` and converted to `channels` when given
     (`image_ops`); without `image_size` they must all share one size.
     """
-    encoded, labels = self._parse(records)
+    if self.label_key is None:
+      raise ValueError("This dataset has no label feature.")
+    encoded, labels, _ = self._parse(records)
+    return self._images(encoded, image_size, channels), labels
+
+  def decode(self, records: Sequence[bytes], image_size: int | None = None,
+             channels: int | None = None) -> dict[str, Any]:
+    """{"image": as `decode_batch`, "label": int32 [N] if the dataset has labels,
+    "texts": N lists of str if a `text_feature` was given}."""
+    encoded, labels, texts = self._parse(records)
+    decoded = {"image": self._images(encoded, image_size, channels)}
+    if labels is not None:
+      decoded["label"] = labels
+    if texts is not None:
+      decoded["texts"] = texts
+    return decoded
+
+  def _images(self, encoded: list[bytes], image_size: int | None,
+              channels: int | None) -> np.ndarray:
     batch = png.decode_pngs(encoded)  # fast path: no per-image NumPy work
     if batch is None or batch.shape[-1] != self.channels:
       images = [decode_image(data, self.channels) for data in encoded]
@@ -100,13 +176,20 @@ class ExampleDecoder:
                          " an `image_size`.")
       else:
         return np.stack([image_ops.to_size_and_channels(image, image_size, channels)
-                         for image in images]), labels
-    return image_ops.to_size_and_channels(batch, image_size, channels), labels
+                         for image in images])
+    return image_ops.to_size_and_channels(batch, image_size, channels)
 
-  def _parse(self, records: Sequence[bytes]) -> tuple[list[bytes], np.ndarray]:
-    encoded, labels = [], np.empty(len(records), np.int32)
+  def _parse(self, records: Sequence[bytes]
+             ) -> tuple[list[bytes], np.ndarray | None, list[list[str]] | None]:
+    encoded = []
+    labels = None if self.label_key is None else np.empty(len(records), np.int32)
+    texts = None if self.text_key is None else []
     for i, record in enumerate(records):
       feature = tf_example_pb2.Example.FromString(record).features.feature
       encoded.append(feature[self.image_key].bytes_list.value[0])
-      labels[i] = feature[self.label_key].int64_list.value[0]
-    return encoded, labels
+      if labels is not None:
+        labels[i] = feature[self.label_key].int64_list.value[0]
+      if texts is not None:
+        texts.append([t.decode("utf-8", errors="replace")
+                      for t in feature[self.text_key].bytes_list.value])
+    return encoded, labels, texts
