@@ -1,5 +1,6 @@
 """captioned_shapes: captions checked against the pixels, held-out compositions,
 determinism. Examples come from `generate` (no TFDS build needed)."""
+import itertools
 import re
 
 import numpy as np
@@ -45,6 +46,15 @@ def test_constants():
     assert tuple(int(cs.shape_mask(shape, cs.SIZE_PIXELS[s]).sum())
                  for s in cs.SIZES) == areas
   assert cs.SPLIT_SIZES == {"train": 20000, "validation": 2000, "test": 2000}
+
+
+def test_longest_caption():
+  longest = max(
+      len(cs.caption_of([dict(count=3, size="small", colour=c1, shape=s1),
+                         dict(count=3, size="small", colour=c2, shape=s2)], r))
+      for c1, c2 in itertools.permutations(cs.COLOURS, 2)
+      for s1, s2 in itertools.product(cs.SHAPES, repeat=2) for r in cs.RELATIONS)
+  assert longest == 67  # the module docstring promises this
 
 
 def test_deterministic(examples):

@@ -8,6 +8,9 @@ colour and shape, and for two groups where the first lies relative to the second
   "three large cyan crosses"
   "two small red circles left of one large blue square"
 
+Captions are ASCII and at most 67 characters, so with the bytes tokenizer a
+`max_len` of 69 never truncates.
+
 Pixels and captions agree exactly, so tests can check one against the other:
 - Drawing is pure NumPy with no anti-aliasing: every object pixel is exactly a
   `PALETTE` colour, every other pixel is (0, 0, 0).
