@@ -1,5 +1,6 @@
-"""Shared parts of the two-view SSL configs (Barlow Twins, SimCLR): dataset presets,
-backbones, augmentations, optimiser, mesh, checkpointing and evals.
+"""Shared parts of the SSL configs (Barlow Twins, SimCLR; MAE replaces the two-view
+augmentations and the optimiser): dataset presets, backbones, augmentations,
+optimiser, mesh, checkpointing and evals.
 
 `get_base_config(arg, objective)` returns everything but the objective's own block;
 each config in configs/ssl/ adds that block. Plain values, big_vision-style: the
@@ -40,9 +41,13 @@ MODELS = {
 }
 
 
-def get_base_config(arg, objective: str):
-  """Returns (config, parsed arg, whether the dataset is a small CPU preset)."""
-  arg = parse_arg(arg, dataset="fashion_mnist", model="cnn", res=224, runlocal=False)
+def get_base_config(arg, objective: str, *, default_model: str = "cnn"):
+  """Returns (config, parsed arg, whether the dataset is a small CPU preset).
+
+  `default_model`: the `model` when the arg names none (MAE needs a ViT).
+  """
+  arg = parse_arg(arg, dataset="fashion_mnist", model=default_model, res=224,
+                  runlocal=False)
   if arg.model not in MODELS:
     raise ValueError(f"Unknown model {arg.model!r}; choose from {sorted(MODELS)}.")
   data = DATASETS.get(arg.dataset, dict(IMAGENET, image_size=arg.res))

@@ -1,0 +1,167 @@
+"""MAE: patches, masking, the loss against NumPy, sharded == single device, config
+errors, and the runlocal config end to end (reconstruction PNG, TensorBoard)."""
+import glob
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.ssl import mae as mae_config
+from tandem import parallel
+from tandem.ssl import mae
+from tandem.ssl import train
+
+
+def test_patchify_unpatchify_round_trip_and_patch_layout():
+  images = np.random.default_rng(0).normal(size=(2, 8, 12, 3)).astype(np.float32)
+  patches = mae.patchify(jnp.asarray(images), 4)
+  assert patches.shape == (2, 6, 4 * 4 * 3)
+  # Raster order of patches, (row, column, channel) inside a patch.
+  np.testing.assert_array_equal(patches[1, 4], images[1, 4:8, 4:8].reshape(-1))
+  np.testing.assert_array_equal(mae.unpatchify(patches, 4, 8, 12, 3), images)
+
+
+def test_random_masking_keeps_k_per_example_and_restore_inverts_shuffle():
+  n, ratio, batch = 49, 0.75, 16
+  keep, mask, restore = jax.device_get(
+      mae.random_masking(jax.random.key(0), batch, n, ratio))
+  k = round(n * (1 - ratio))
+  assert keep.shape == (batch, k) and mask.shape == restore.shape == (batch, n)
+  np.testing.assert_array_equal(mask.sum(1), n - k)
+  for keep_i, mask_i in zip(keep, mask):
+    assert len(set(keep_i)) == k
+    np.testing.assert_array_equal(np.flatnonzero(mask_i == 0), np.sort(keep_i))
+  assert len({tuple(np.sort(keep_i)) for keep_i in keep}) == batch  # All differ.
+  # restore_idx inverts the shuffle: the encoded visible patches followed by mask
+  # tokens (-1), gathered with it, land at their original positions.
+  for keep_i, mask_i, restore_i in zip(keep, mask, restore):
+    shuffled = np.concatenate([keep_i, np.full(n - k, -1)])
+    np.testing.assert_array_equal(shuffled[restore_i],
+                                  np.where(mask_i == 0, np.arange(n), -1))
+    np.testing.assert_array_equal(np.argsort(restore_i)[:k], keep_i)
+
+
+def numpy_mae_loss(pred, target, mask, norm_pix_loss):
+  total, count = 0.0, 0
+  for b, i in np.ndindex(mask.shape):
+    if not mask[b, i]:
+      continue
+    t = target[b, i]
+    if norm_pix_loss:
+      t = (t - t.mean()) / np.sqrt(t.var(ddof=1) + 1e-6)
+    total += np.mean((pred[b, i] - t) ** 2)
+    count += 1
+  return total / count
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_loss_and_gradient_match_numpy(norm_pix_loss):
+  rng = np.random.default_rng(1)
+  pred, target = rng.normal(size=(2, 2, 5, 6))
+  mask = np.array([[1, 0, 1, 0, 0], [0, 1, 1, 1, 0]], np.float64)
+  loss = mae.mae_loss(jnp.asarray(pred, jnp.float32), jnp.asarray(target), mask,
+                      norm_pix_loss)
+  np.testing.assert_allclose(loss, numpy_mae_loss(pred, target, mask, norm_pix_loss),
+                             rtol=1e-5)
+  with jax.enable_x64():
+    grad = jax.grad(lambda p: mae.mae_loss(p, jnp.asarray(target), jnp.asarray(mask),
+                                           norm_pix_loss))(jnp.asarray(pred))
+  h, numerical = 1e-6, np.zeros_like(pred)
+  for idx in np.ndindex(pred.shape):
+    up, down = pred.copy(), pred.copy()
+    up[idx] += h
+    down[idx] -= h
+    numerical[idx] = (numpy_mae_loss(up, target, mask, norm_pix_loss)
+                      - numpy_mae_loss(down, target, mask, norm_pix_loss)) / (2 * h)
+  np.testing.assert_allclose(grad, numerical, atol=1e-6)
+  assert np.all(np.asarray(grad)[mask == 0] == 0)
+
+
+def test_loss_ignores_visible_patches():
+  rng = np.random.default_rng(2)
+  pred, target = rng.normal(size=(2, 4, 9, 16)).astype(np.float32)
+  mask = (rng.uniform(size=(4, 9)) < 0.5).astype(np.float32)
+  mask[0, 0], mask[0, 1] = 0, 1
+  loss = lambda p: float(mae.mae_loss(jnp.asarray(p), jnp.asarray(target), mask))
+  visible, masked = pred.copy(), pred.copy()
+  visible[mask == 0] += 5.0
+  masked[0, 1] += 5.0
+  assert loss(visible) == loss(pred)
+  assert loss(masked) != loss(pred)
+
+
+def test_sharded_loss_and_grads_equal_single_device():
+  """Masks, augmentation and the loss's average are over the global batch."""
+  assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
+  config = mae_config.get_config("runlocal")
+  model = mae.make_model(config)
+  loss_fn = mae.make_loss_fn(model, config)
+  images = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), np.uint8)
+  variables = model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
+  params = variables.pop("params")
+
+  def run(mesh):
+    batch = jax.device_put({"image": images}, parallel.batch_sharding(mesh))
+    p = jax.device_put(params, parallel.replicated(mesh))
+    fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    (loss, _), grads = fn(p, dict(variables), batch, jax.random.key(3))
+    return jax.device_get((loss, grads))
+
+  loss8, grads8 = run(parallel.make_mesh({"data": 8}))
+  loss1, grads1 = run(parallel.make_mesh({"data": 1}, devices=jax.devices()[:1]))
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               grads8, grads1)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, 0.99, 0.005])
+def test_mask_ratio_leaving_no_visible_or_no_masked_patch_is_a_config_error(ratio):
+  config = mae_config.get_config("runlocal")  # 7 x 7 = 49 patches.
+  config.mae.mask_ratio = ratio
+  with pytest.raises(ValueError, match=r"config\.mae\.mask_ratio.*valid range"):
+    mae.make_model(config)
+  with pytest.raises(ValueError, match=r"config\.mae\.mask_ratio"):
+    mae.random_masking(jax.random.key(0), 2, 49, ratio)
+
+
+def test_non_vit_model_is_a_clear_error():
+  with pytest.raises(ValueError, match="MAE needs a ViT encoder.*vit_tiny"):
+    mae_config.get_config("model=cnn,runlocal")
+  config = mae_config.get_config("runlocal")
+  config.model_name = "resnet"
+  with pytest.raises(ValueError, match="MAE needs a ViT encoder.*'resnet'"):
+    mae.make_model(config)
+
+
+def test_runlocal_trains_and_writes_reconstructions(tiny_data_dir, tmp_path):
+  config = mae_config.get_config("runlocal")
+  config.data_dir = tiny_data_dir
+  results = train.train(config, str(tmp_path))
+  assert results["step"] == 2
+  final = results["final"]
+  assert np.isfinite(final["loss"]) and np.isfinite(final["mae/reconstruction_loss"])
+  assert 0.0 <= final["linear_probe/pre_logits/test_top1"] <= 1.0
+  pngs = glob.glob(str(tmp_path / "images" / "mae_reconstruction" / "*.png"))
+  assert len(pngs) == 1
+  assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+
+
+def test_reconstruction_grid_pastes_visible_patches(tiny_data_dir):
+  config = mae_config.get_config("runlocal")
+  evaluator = mae.Evaluator(config, data_dir=tiny_data_dir)
+  model = mae.make_model(config)
+  variables = model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
+  out = evaluator.run(variables)
+  grid = out["mae/reconstruction"]
+  # 3 rows of 8 images enlarged 2x to 56 pixels, with 1-pixel borders.
+  assert grid.dtype == np.uint8 and grid.shape == (3 * 57 + 1, 8 * 57 + 1, 1)
+  original, masked, recon = (grid[1 + 57 * r:57 * (r + 1), 1:57] for r in range(3))
+  np.testing.assert_array_equal(original[::2, ::2], evaluator.images[0])
+  # Per 4x4 patch (8x8 enlarged): the visible ones are shown as they are, and
+  # pasted into the reconstruction.
+  tiles = lambda x: mae.patchify(x[None].astype(np.float32), 8)[0]
+  visible = np.all(tiles(masked) == tiles(original), axis=-1)
+  assert visible.sum() == round(49 * (1 - config.mae.mask_ratio))
+  np.testing.assert_array_equal(tiles(recon)[visible], tiles(original)[visible])
+  assert np.isfinite(out["mae/reconstruction_loss"])
