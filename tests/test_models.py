@@ -149,7 +149,7 @@ def test_text_tower_rejects_texts_longer_than_max_len():
 
 
 def test_get_model_unknown_name():
-  with pytest.raises(ValueError, match=r"'resnet9'.*available: cnn, resnet, vit"):
+  with pytest.raises(ValueError, match=r"'resnet9'.*available: cnn, resnet, text, vit"):
     models.get_model("resnet9")
   with pytest.raises(ValueError, match="available"):
     models.get_model("heads")  # A module, but not a backbone.

@@ -63,12 +63,7 @@ def get_base_config(arg, objective: str, *, default_model: str = "cnn"):
                       mean=data["mean"], std=data["std"],
                       batch_size=256 if small else 2048)
 
-  config.model_name, model = MODELS[arg.model]
-  config.model = dict(model)
-  if small and arg.model.startswith("vit"):
-    config.model.patch_size = 4
-  if small and arg.model.startswith("resnet"):
-    config.model.stem = "cifar"
+  config.model_name, config.model = backbone(arg.model, small, arg.runlocal)
 
   # Augmentations (tandem.data.augment), BYOL-style asymmetric views.
   rgb = data["channels"] == 3
@@ -122,12 +117,27 @@ def get_base_config(arg, objective: str, *, default_model: str = "cnn"):
     config.evals.linear_probe.max_train = 256
     config.evals.linear_probe.num_val = 64
     config.evals.linear_probe.max_test = 256
-    if arg.model == "cnn":
-      config.model = dict(widths=(8, 16), strides=(2, 2), pool="gap", dense_dim=0)
-    elif arg.model.startswith("resnet"):
-      config.model.width = 0.125
-    elif arg.model.startswith("vit"):
-      config.model = dict(variant="tiny", patch_size=config.model.patch_size,
-                          pool_type=config.model.pool_type, width=32, depth=1,
-                          mlp_dim=64, num_heads=2)
   return config, arg, small
+
+
+def backbone(name: str, small: bool, runlocal: bool) -> tuple[str, dict]:
+  """(model module, kwargs) of backbone `name`: patch 4 / CIFAR stem for the small
+  datasets, and a tiny version of it for `runlocal`."""
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; choose from {sorted(MODELS)}.")
+  module, model = MODELS[name]
+  model = dict(model)
+  if small and name.startswith("vit"):
+    model["patch_size"] = 4
+  if small and name.startswith("resnet"):
+    model["stem"] = "cifar"
+  if runlocal:
+    if name == "cnn":
+      model = dict(widths=(8, 16), strides=(2, 2), pool="gap", dense_dim=0)
+    elif name.startswith("resnet"):
+      model["width"] = 0.125
+    elif name.startswith("vit"):
+      model = dict(variant="tiny", patch_size=model["patch_size"],
+                   pool_type=model["pool_type"], width=32, depth=1, mlp_dim=64,
+                   num_heads=2)
+  return module, model

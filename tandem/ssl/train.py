@@ -64,6 +64,10 @@ class ConfigMismatchError(ValueError):
   pass
 
 
+class EmptyCaptionsError(ValueError):
+  pass
+
+
 def _flatten(d, prefix=""):
   out = {}
   for k, v in d.items():
@@ -188,6 +192,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # --- Mesh ---------------------------------------------------------------------
   mesh = parallel.make_mesh(config.mesh)
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.input.batch_size <= 0:
+    raise ValueError(f"config.input.batch_size must be positive, got "
+                     f"{config.input.batch_size}.")
   if config.input.batch_size % batch_shards:
     raise ValueError(f"config.input.batch_size={config.input.batch_size} must be "
                      f"divisible by the {batch_shards} batch shards of the mesh.")
@@ -302,7 +309,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with _StopSignal() as stop:
       while step < config.total_steps:
         local_batch = next(train_iter)
-        if "text_truncated" in local_batch:
+        if "text" in local_batch:
+          _check_captions(local_batch["text"], step, config)
           captions_truncated += int(np.sum(local_batch.pop("text_truncated")))
         batch = parallel.global_batch(local_batch, mesh)
         params, state, metrics = train_step(params, state, batch)
@@ -342,6 +350,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       json.dump(results, f, indent=2)
     _print_summary(results, config)
   return results
+
+
+def _check_captions(tokens: np.ndarray, step: int, config) -> None:
+  """Refuses a batch whose captions are all empty: a wrong text feature, not data."""
+  from tandem.data import tokenizer as tokenizer_lib
+  tok = tokenizer_lib.get_tokenizer(config.input.text.tokenizer)
+  special = [i for i in (tok.pad_id, tok.bos_id, tok.eos_id) if i is not None]
+  if not np.isin(tokens, special, invert=True).any():
+    raise EmptyCaptionsError(
+        f"Every caption of the batch at step {step} is empty (dataset "
+        f"{config.dataset!r}, text feature {config.input.text.feature!r}). Point "
+        "--config.input.text.feature at the dataset's caption feature (e.g. "
+        "'caption' or 'captions/text'), or set it to '' to caption a labelled "
+        "dataset with its class names.")
 
 
 def _sum_over_processes(count: int) -> int:
@@ -434,7 +456,8 @@ def main(argv):
     if "interrupted_at" in result:
       sys.exit(128 + result["signal"])  # The shell's convention: 130 for Ctrl-C.
   except (input_pipeline.DatasetNotPreparedError, ConfigMismatchError,
-          NonFiniteLossError, checkpoint.CheckpointError) as e:
+          NonFiniteLossError, EmptyCaptionsError, checkpoint.CheckpointError,
+          ValueError) as e:
     sys.exit(f"Error: {e}")
 
 

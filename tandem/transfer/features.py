@@ -111,3 +111,50 @@ def extract(variables, images: np.ndarray, config, *, layer: str = "pre_logits",
   if not outputs:
     return np.zeros((0, 0), np.float32)
   return np.concatenate(outputs)
+
+
+class ImageTextEmbedder:
+  """L2-normalised image and text embeddings of a two-tower (CLIP/SigLIP) model.
+
+  Built from the pretraining config: images get the pretraining preprocessing (as in
+  `extract`), texts the pretraining tokenizer at the text tower's length (longer
+  texts are cut; `truncated` counts them).
+  """
+
+  def __init__(self, config, batch_size: int = 1024):
+    import importlib
+    from tandem.data import tokenizer as tokenizer_lib
+    objective = importlib.import_module(f"tandem.ssl.{config.objective}")
+    self.model = objective.make_model(config)
+    self.config, self.batch_size = config, batch_size
+    self.tokenizer = tokenizer_lib.get_tokenizer(config.input.text.tokenizer)
+    self.max_len = config.input.text.max_len
+    self.truncated = 0
+    mean, std = tuple(config.input.mean), tuple(config.input.std)
+    model = self.model
+    self._images = jax.jit(lambda v, x: model.apply(
+        v, preprocess.normalize(x.astype(jnp.float32) / 255.0, mean, std),
+        method=model.encode_image))
+    self._texts = jax.jit(lambda v, t: model.apply(v, t, method=model.encode_text))
+
+  def _batched(self, fn, variables, inputs: np.ndarray) -> np.ndarray:
+    outputs = []
+    for start in range(0, len(inputs), self.batch_size):
+      chunk = inputs[start:start + self.batch_size]
+      pad = self.batch_size - len(chunk) if len(inputs) > self.batch_size else 0
+      if pad:  # One compiled shape for every full and last batch.
+        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
+                                                chunk.dtype)])
+      outputs.append(np.asarray(fn(variables, chunk))[:len(chunk) - pad])
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+
+  def images(self, variables, images: np.ndarray) -> np.ndarray:
+    """[N, D] embeddings of uint8 images of any size/channels."""
+    return self._batched(self._images, variables,
+                         prepare_images(images, self.config.input))
+
+  def texts(self, variables, texts) -> np.ndarray:
+    """[N, D] embeddings of a list of strings."""
+    tokens, truncated = self.tokenizer.encode_batch(list(texts), self.max_len)
+    self.truncated += int(np.sum(truncated))
+    return self._batched(self._texts, variables, tokens)
