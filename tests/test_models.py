@@ -105,12 +105,12 @@ def test_every_variant_is_pinned():
 TEXT_SIZES = {
     "text-B-clip": (dict(variant="B", vocab_size=49408, max_len=77), 77,
                     63_428_096 - 512 * 512),
-    # 259x128 embedding + 64x128 positions + 2 x (4 attention projections with
-    # bias + 2 LN + 128-512-128 MLP) + final LN.
+    # 259x64 embedding + 64x64 positions + 2 x (4 attention projections with
+    # bias + 2 LN + 64-256-64 MLP) + final LN.
     "text-tiny-bytes": (dict(variant="tiny", vocab_size=259, max_len=64), 64,
-                        259 * 128 + 64 * 128 + 2 * (4 * (128 * 128 + 128) + 2 * 256
-                                                    + 128 * 512 + 512 + 512 * 128
-                                                    + 128) + 256),
+                        259 * 64 + 64 * 64 + 2 * (4 * (64 * 64 + 64) + 2 * 128
+                                                  + 64 * 256 + 256 + 256 * 64
+                                                  + 64) + 128),
 }
 
 
