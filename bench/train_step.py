@@ -3,8 +3,8 @@ r"""Throughput of one pretraining step (augmentations + forward + backward + upd
     python bench/train_step.py --config configs/ssl/barlow_twins.py:dataset=fashion_mnist \
         [--config.input.batch_size=256] [--steps 5]
 
-Prints images/s (one image = one pair of views) and compile time, on whatever devices
-JAX sees (try XLA_FLAGS=--xla_force_host_platform_device_count=8 on a CPU).
+Prints images/s (one image = one pair of views, or one image-text pair) and compile
+time, on whatever devices JAX sees (try XLA_FLAGS=--xla_force_host_platform_device_count=8 on a CPU).
 """
 import os
 import sys
@@ -33,10 +33,14 @@ def main(argv):
   tx, lr = optimizers.make_optimizer(config)
   step_fn = train._make_step(objective.make_loss_fn(model, config), tx, lr)  # pylint: disable=protected-access
   size, ch, batch = config.input.image_size, config.input.channels, config.input.batch_size
-  params, state = train.make_init_fn(model, tx, config)(
+  init_inputs = getattr(objective, "init_inputs", train.default_init_inputs)(config)
+  params, state = train.make_init_fn(model, tx, config, init_inputs)(
       jax.random.key(config.seed, impl="rbg"))
-  images = np.random.default_rng(0).integers(0, 256, (batch, size, size, ch), np.uint8)
-  batch_data = jax.device_put({"image": images}, parallel.batch_sharding(mesh))
+  rng = np.random.default_rng(0)
+  data = {"image": rng.integers(0, 256, (batch, size, size, ch), np.uint8)}
+  if "text" in config.input:  # Random byte tokens at the text tower's length.
+    data["text"] = rng.integers(3, 259, (batch, config.input.text.max_len), np.int32)
+  batch_data = jax.device_put(data, parallel.batch_sharding(mesh))
   step = jax.jit(step_fn, donate_argnums=(0, 1))
   t0 = time.time()
   params, state, metrics = step(params, state, batch_data)
