@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from numerics import numerical_grad
 from tandem.ssl import barlow_twins
 
 
@@ -16,16 +17,6 @@ def numpy_barlow_twins(z1, z2, lambd, eps=1e-5):
     for j in range(c.shape[1]):
       loss += (1 - c[i, j]) ** 2 if i == j else lambd * c[i, j] ** 2
   return loss
-
-
-def numerical_grad(f, x, h=1e-5):
-  g = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[idx] += h
-    xm[idx] -= h
-    g[idx] = (f(xp) - f(xm)) / (2 * h)
-  return g
 
 
 def test_loss_and_gradient_match_numpy():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from numerics import numerical_grad
 from tandem import parallel
 from tandem.data import captioned_shapes
 from tandem.ssl import clip
@@ -42,17 +43,6 @@ def numpy_siglip(zimg, ztxt, t, b):
       logit = np.exp(t) * zimg[i] @ ztxt[j] + b
       total += np.log(1.0 / (1.0 + np.exp(-z * logit)))
   return -total / n**2
-
-
-def numerical_grad(f, x, h=1e-6):
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[idx] += h
-    xm[idx] -= h
-    g[idx] = (f(xp) - f(xm)) / (2 * h)
-  return g
 
 
 @pytest.mark.parametrize("t", [np.log(1 / 0.07), np.log(50.0), np.log(300.0)])

@@ -44,16 +44,7 @@ class Model(nn.Module):
   dtype: Any = jnp.float32
 
   def arch(self) -> dict[str, int]:
-    if self.variant is not None and self.variant not in VARIANTS:
-      raise ValueError(f"Text variant must be one of {list(VARIANTS)}, got "
-                       f"{self.variant!r}.")
-    arch = dict(VARIANTS.get(self.variant, {}))
-    for k in ("width", "depth", "mlp_dim", "num_heads"):
-      if getattr(self, k) is not None:
-        arch[k] = getattr(self, k)
-      elif k not in arch:
-        raise ValueError(f"The text tower needs `variant` or an explicit `{k}`.")
-    return arch
+    return vit.resolve_arch(self, VARIANTS, "Text tower")
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False):

@@ -68,6 +68,21 @@ def get_posemb(module: nn.Module, typ: str, seqshape: tuple[int, int], width: in
   raise ValueError(f"posemb must be one of {POSEMB_TYPES}, got {typ!r}.")
 
 
+def resolve_arch(module: nn.Module, variants: dict, kind: str) -> dict[str, int]:
+  """`module.variant`'s (width, depth, mlp_dim, num_heads), overridden by the
+  module's explicit fields; a clear error for unknown variants or missing sizes."""
+  if module.variant is not None and module.variant not in variants:
+    raise ValueError(f"{kind} variant must be one of {list(variants)}, got "
+                     f"{module.variant!r}.")
+  arch = dict(variants.get(module.variant, {}))
+  for k in ("width", "depth", "mlp_dim", "num_heads"):
+    if getattr(module, k) is not None:
+      arch[k] = getattr(module, k)
+    elif k not in arch:
+      raise ValueError(f"{kind} needs `variant` or an explicit `{k}`.")
+  return arch
+
+
 class PatchEmbed(nn.Module):
   """Non-overlapping patches -> linear embedding: [B, H, W, C] -> [B, N, width]."""
   width: int
@@ -158,16 +173,7 @@ class Model(nn.Module):
 
   def arch(self) -> dict[str, int]:
     """The variant's (width, depth, mlp_dim, num_heads) with explicit overrides."""
-    if self.variant is not None and self.variant not in VARIANTS:
-      raise ValueError(
-          f"variant must be one of {list(VARIANTS)}, got {self.variant!r}.")
-    arch = dict(VARIANTS.get(self.variant, {}))
-    for k in ("width", "depth", "mlp_dim", "num_heads"):
-      if getattr(self, k) is not None:
-        arch[k] = getattr(self, k)
-      elif k not in arch:
-        raise ValueError(f"ViT needs `variant` or an explicit `{k}`.")
-    return arch
+    return resolve_arch(self, VARIANTS, "ViT")
 
   @property
   def num_prefix_tokens(self) -> int:
