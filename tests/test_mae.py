@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import tandem
 from configs.ssl import mae as mae_config
 from tandem import parallel
 from tandem.ssl import mae
@@ -145,6 +146,9 @@ def test_runlocal_trains_and_writes_reconstructions(tiny_data_dir, tmp_path):
   pngs = glob.glob(str(tmp_path / "images" / "mae_reconstruction" / "*.png"))
   assert len(pngs) == 1
   assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+  # The encoder is the transfer backbone: `tandem.load` embeds with it as is.
+  images = np.zeros((3, 28, 28, 1), np.uint8)
+  assert tandem.load(str(tmp_path)).embed(images).shape == (3, 32)
 
 
 def test_reconstruction_grid_pastes_visible_patches(tiny_data_dir):
