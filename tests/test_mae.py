@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from numerics import numerical_grad
 import tandem
 from configs.ssl import mae as mae_config
 from tandem import parallel
@@ -68,14 +69,8 @@ def test_loss_and_gradient_match_numpy(norm_pix_loss):
   with jax.enable_x64():
     grad = jax.grad(lambda p: mae.mae_loss(p, jnp.asarray(target), jnp.asarray(mask),
                                            norm_pix_loss))(jnp.asarray(pred))
-  h, numerical = 1e-6, np.zeros_like(pred)
-  for idx in np.ndindex(pred.shape):
-    up, down = pred.copy(), pred.copy()
-    up[idx] += h
-    down[idx] -= h
-    numerical[idx] = (numpy_mae_loss(up, target, mask, norm_pix_loss)
-                      - numpy_mae_loss(down, target, mask, norm_pix_loss)) / (2 * h)
-  np.testing.assert_allclose(grad, numerical, atol=1e-6)
+  np.testing.assert_allclose(grad, numerical_grad(
+      lambda p: numpy_mae_loss(p, target, mask, norm_pix_loss), pred), atol=1e-6)
   assert np.all(np.asarray(grad)[mask == 0] == 0)
 
 
