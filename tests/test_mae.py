@@ -111,6 +111,19 @@ def test_sharded_loss_and_grads_equal_single_device():
                grads8, grads1)
 
 
+def test_model_with_given_mask_equals_drawn_mask():
+  config = mae_config.get_config("runlocal")
+  model = mae.make_model(config)
+  images = jnp.asarray(np.random.default_rng(4).normal(size=(3, 28, 28, 1)))
+  variables = model.init(jax.random.key(0), images)
+  drawn = model.apply(variables, images, mask_rng=jax.random.key(5))
+  keep, mask, restore = mae.random_masking(jax.random.key(5), 3, 49, 0.75)
+  given = model.apply(variables, images, keep_idx=keep, restore_idx=restore)
+  np.testing.assert_array_equal(given["mask"], mask)
+  np.testing.assert_allclose(given["pred"], drawn["pred"], rtol=1e-6)
+  assert drawn["pred"].shape == (3, 49, 16) and drawn["tokens"].shape == (3, 12, 32)
+
+
 @pytest.mark.parametrize("ratio", [0.0, 1.0, 0.99, 0.005])
 def test_mask_ratio_leaving_no_visible_or_no_masked_patch_is_a_config_error(ratio):
   config = mae_config.get_config("runlocal")  # 7 x 7 = 49 patches.

@@ -81,9 +81,14 @@ def random_masking(rng, batch: int, num_patches: int, mask_ratio: float):
   noise = jax.random.uniform(rng, (batch, num_patches))
   shuffle_idx = jnp.argsort(noise, axis=1)
   restore_idx = jnp.argsort(shuffle_idx, axis=1)
-  mask = jnp.concatenate([jnp.zeros((batch, k)), jnp.ones((batch, num_patches - k))],
-                         axis=1)
-  return shuffle_idx[:, :k], jnp.take_along_axis(mask, restore_idx, axis=1), restore_idx
+  return shuffle_idx[:, :k], _mask(restore_idx, k), restore_idx
+
+
+def _mask(restore_idx, k: int):
+  """[B, N] 1 = masked, for a shuffle whose first k patches are the visible ones."""
+  b, n = restore_idx.shape
+  mask = jnp.concatenate([jnp.zeros((b, k)), jnp.ones((b, n - k))], axis=1)
+  return jnp.take_along_axis(mask, restore_idx, axis=1)
 
 
 def _patch_stats(patches):
@@ -127,10 +132,7 @@ class Model(nn.Module):
     elif (keep_idx is None) != (restore_idx is None):
       raise ValueError("Pass keep_idx and restore_idx together (random_masking).")
     elif keep_idx is not None:
-      k = keep_idx.shape[1]
-      mask = jnp.take_along_axis(
-          jnp.concatenate([jnp.zeros((b, k)), jnp.ones((b, n - k))], axis=1),
-          restore_idx, axis=1)
+      mask = _mask(restore_idx, keep_idx.shape[1])
     else:
       mask = jnp.zeros((b, n))
     out = encoder(images, train=train, keep_idx=keep_idx)
