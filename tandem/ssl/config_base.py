@@ -108,16 +108,20 @@ def get_base_config(arg, objective: str, *, default_model: str = "cnn"):
   config.allow_config_change = False  # Resume even if the workdir's config differs.
 
   if arg.runlocal:
-    config.input.batch_size = 16
-    config.total_steps = 2
-    config.schedule.warmup_steps = 1
-    config.log_every = 1
-    config.checkpoint.every = 1
-    config.evals.every = 0
-    config.evals.linear_probe.max_train = 256
-    config.evals.linear_probe.num_val = 64
-    config.evals.linear_probe.max_test = 256
+    shrink_for_runlocal(config)
   return config, arg, small
+
+
+def shrink_for_runlocal(config) -> None:
+  """`runlocal`: batch 16, 2 steps, every step logged and saved, small probes."""
+  config.input.batch_size = 16
+  config.total_steps = 2
+  config.schedule.warmup_steps = 1
+  config.log_every = 1
+  config.checkpoint.every = 1
+  config.evals.every = 0
+  if "linear_probe" in config.evals:
+    config.evals.linear_probe.update(max_train=256, num_val=64, max_test=256)
 
 
 def backbone(name: str, small: bool, runlocal: bool) -> tuple[str, dict]:

@@ -123,16 +123,10 @@ def get_image_text_config(arg, objective: str):
   config.allow_config_change = False
 
   if arg.runlocal:
-    config.input.batch_size = 16
-    config.total_steps = 2
-    config.schedule.warmup_steps = 1
-    config.log_every = 1
-    config.checkpoint.every = 1
+    config_base.shrink_for_runlocal(config)
     config.embed_dim = 16
     config.text_model = dict(width=32, depth=1, mlp_dim=64, num_heads=2, variant=None,
                              causal=True, pool_type="eos")
-    if "linear_probe" in config.evals:
-      config.evals.linear_probe.update(max_train=256, num_val=64, max_test=256)
     for name in ("zeroshot", "retrieval"):
       if name in config.evals:
         config.evals[name].max_examples = 64

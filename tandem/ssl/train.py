@@ -27,6 +27,7 @@ checkpoint stays the last good one.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -352,11 +353,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
+@functools.lru_cache(maxsize=4)
+def _special_token_ids(tokenizer_spec: str) -> tuple[int, ...]:
+  """pad/bos/eos ids, read once per run (a SentencePiece model is a file load)."""
+  from tandem.data import tokenizer as tokenizer_lib
+  tok = tokenizer_lib.get_tokenizer(tokenizer_spec)
+  return tuple(i for i in (tok.pad_id, tok.bos_id, tok.eos_id) if i is not None)
+
+
 def _check_captions(tokens: np.ndarray, step: int, config) -> None:
   """Refuses a batch whose captions are all empty: a wrong text feature, not data."""
-  from tandem.data import tokenizer as tokenizer_lib
-  tok = tokenizer_lib.get_tokenizer(config.input.text.tokenizer)
-  special = [i for i in (tok.pad_id, tok.bos_id, tok.eos_id) if i is not None]
+  special = _special_token_ids(config.input.text.tokenizer)
   if not np.isin(tokens, special, invert=True).any():
     raise EmptyCaptionsError(
         f"Every caption of the batch at step {step} is empty (dataset "
