@@ -3,10 +3,11 @@
   python -m tandem.data.prepare --dataset fashion_mnist [--data_dir DIR]
 
 Our own builders (`fashion_mnist` from local IDX files, `cifar10_subset` from the
-shared npz, `captioned_shapes` drawn procedurally) are used for their names; any
-other name goes to TFDS's registered builder (which downloads). No TensorFlow is
-needed: TFDS writes array_record through `array_record` and protobuf. A dataset
-already prepared is left as it is, so a second call returns at once.
+shared npz, `captioned_shapes`, `dsprites_like` and `clevr_like` drawn
+procedurally) are used for their names; any other name goes to TFDS's registered
+builder (which downloads). No TensorFlow is needed: TFDS writes array_record
+through `array_record` and protobuf. A dataset already prepared is left as it is,
+so a second call returns at once.
 """
 from absl import app
 from absl import flags
@@ -15,6 +16,8 @@ import tensorflow_datasets as tfds
 
 from tandem.data import captioned_shapes
 from tandem.data import cifar10_subset
+from tandem.data import clevr_like
+from tandem.data import dsprites_like
 from tandem.data import fashion_mnist
 from tandem.data import input_pipeline
 
@@ -23,6 +26,8 @@ BUILDERS = {
     "fashion_mnist": fashion_mnist.FashionMnist,
     "cifar10_subset": cifar10_subset.Cifar10Subset,
     "captioned_shapes": captioned_shapes.CaptionedShapes,
+    "dsprites_like": dsprites_like.DspritesLike,
+    "clevr_like": clevr_like.ClevrLike,
 }
 
 
@@ -44,7 +49,7 @@ def prepare(name: str, data_dir: str | None = None) -> str:
 
 _DATASET = flags.DEFINE_string(
     "dataset", None, "TFDS name, e.g. fashion_mnist, cifar10_subset, captioned_shapes,"
-    " cifar10.")
+    " dsprites_like, clevr_like, cifar10.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Default: $TANDEM_DATA_DIR, else ~/tensorflow_datasets.")
 

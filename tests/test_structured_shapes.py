@@ -1,0 +1,292 @@
+"""dsprites_like and clevr_like: features as the real TFDS datasets', determinism,
+labels checked against the pixels, and VTAB's label transforms on the built data.
+
+Both are built once through `prepare.prepare` with small splits and read back with
+TFDS's default decoding (`input_pipeline.get_data_source`); pixel checks use
+`generate`, which reproduces the built examples.
+"""
+import functools
+import math
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tandem.data import clevr_like
+from tandem.data import dsprites_like
+from tandem.data import input_pipeline
+from tandem.data import prepare
+
+SPLITS = {"train": 40, "validation": 20, "test": 20}
+BUILDERS = {"dsprites_like": dsprites_like.DspritesLike,
+            "clevr_like": clevr_like.ClevrLike}
+REAL = {"dsprites_like": "dsprites", "clevr_like": "clevr"}
+# Real clevr features we do not make.
+CLEVR_ONLY = {"file_name", "objects/3d_coords", "objects/rotation",
+              "question_answer/question", "question_answer/answer"}
+DSPRITES_FACTORS = ("shape", "scale", "orientation", "x_position", "y_position")
+
+
+# VTAB's label transforms (google-research/task_adaptation), in NumPy.
+def vtab_dsprites_location(example) -> int:
+  return int(example["label_x_position"] // (32 / 16))
+
+
+def vtab_dsprites_orientation(example) -> int:
+  return int(example["label_orientation"] // (40 / 16))
+
+
+def vtab_clevr_count(example) -> int:
+  return len(example["objects"]["size"]) - 3
+
+
+def vtab_clevr_distance(example) -> int:
+  dist = np.min(np.asarray(example["objects"]["pixel_coords"])[:, 2])
+  thrs = np.array([0.0, 8.0, 8.5, 9.0, 9.5, 10.0, 100.0])
+  return int(np.max(np.nonzero(thrs - dist < 0)[0]))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("structured"))
+  with pytest.MonkeyPatch.context() as patch:
+    for name, cls in BUILDERS.items():
+      patch.setitem(prepare.BUILDERS, name, functools.partial(cls, split_sizes=SPLITS))
+      prepare.prepare(name, data_dir)
+  return data_dir
+
+
+@pytest.fixture(scope="module")
+def built(data_dir):
+  """{name: {split: [examples as TFDS decodes them]}}."""
+  out = {}
+  for name in BUILDERS:
+    out[name] = {}
+    for split, size in SPLITS.items():
+      source = input_pipeline.get_data_source(name, split, data_dir)
+      assert len(source) == size
+      out[name][split] = [source[i] for i in range(size)]
+  return out
+
+
+@pytest.fixture(scope="module")
+def scenes():
+  return clevr_like.generate("train", 0, 120)
+
+
+def _flatten(feature, prefix=""):
+  if isinstance(feature, tfds.features.FeaturesDict):
+    out = {}
+    for key, sub in feature.items():
+      out.update(_flatten(sub, f"{prefix}{key}"))
+    return out
+  if isinstance(feature, tfds.features.Sequence):
+    return _flatten(feature.feature, prefix + "/")
+  return {prefix: feature}
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_features_mirror_real_tfds(name, tmp_path):
+  ours = _flatten(BUILDERS[name](data_dir=str(tmp_path)).info.features)
+  real = _flatten(tfds.builder(REAL[name], data_dir=str(tmp_path)).info.features)
+  expected_missing = CLEVR_ONLY if name == "clevr_like" else set()
+  assert set(real) - set(ours) == expected_missing
+  assert set(ours) <= set(real)
+  for key, feature in ours.items():
+    other = real[key]
+    assert type(feature) is type(other), key
+    assert feature.np_dtype == other.np_dtype, key
+    if isinstance(feature, tfds.features.ClassLabel):
+      assert feature.names == other.names, key
+    if isinstance(feature, tfds.features.Image):
+      assert feature.shape[-1] == other.shape[-1]
+    else:
+      assert feature.shape == other.shape, key
+  image = ours["image"].shape
+  assert image == ((64, 64, 1) if name == "dsprites_like" else (64, 96, 3))
+
+
+def _key(image) -> bytes:
+  return np.asarray(image).tobytes()
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_dsprites_built_equals_generate(built, split):
+  generated = dsprites_like.generate(split, 0, SPLITS[split])
+  by_image = {_key(generated["image"][i]): i for i in range(SPLITS[split])}
+  assert len(by_image) == SPLITS[split]
+  for example in built["dsprites_like"][split]:
+    assert example["image"].dtype == np.uint8 and example["image"].shape == (64, 64, 1)
+    i = by_image.pop(_key(example["image"]))  # TFDS shuffles the order
+    for factor in DSPRITES_FACTORS:
+      assert example[f"label_{factor}"] == generated[f"label_{factor}"][i]
+      assert example[f"value_{factor}"] == generated[f"value_{factor}"][i]  # float32
+  assert not by_image
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_clevr_built_equals_generate(built, split):
+  generated = clevr_like.generate(split, 0, SPLITS[split])
+  by_image = {_key(image): i for i, image in enumerate(generated["image"])}
+  assert len(by_image) == SPLITS[split]
+  for example in built["clevr_like"][split]:
+    assert example["image"].dtype == np.uint8 and example["image"].shape == (64, 96, 3)
+    i = by_image.pop(_key(example["image"]))
+    objects, expected = example["objects"], generated["objects"][i]
+    for key in ("color", "shape", "size", "material"):
+      np.testing.assert_array_equal(objects[key], expected[key])
+    coords = np.asarray(objects["pixel_coords"])
+    assert coords.dtype == np.float32 and coords.shape == (len(objects["size"]), 3)
+    np.testing.assert_array_equal(coords, expected["pixel_coords"])
+  assert not by_image
+
+
+def test_deterministic():
+  a, b = dsprites_like.generate("train", 5, 10), dsprites_like.generate("train", 5, 10)
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+  later = dsprites_like.generate("train", 8, 7)  # example i depends on i alone
+  np.testing.assert_array_equal(a["image"][3:], later["image"])
+  other = dsprites_like.generate("test", 5, 10)
+  assert not np.array_equal(a["image"], other["image"])
+
+  a, b = clevr_like.generate("validation", 0, 6), clevr_like.generate("validation", 0, 6)
+  np.testing.assert_array_equal(a["image"], b["image"])
+  for x, y in zip(a["objects"], b["objects"]):
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  later = clevr_like.generate("validation", 2, 4)
+  np.testing.assert_array_equal(a["image"][2:], later["image"])
+  other = clevr_like.generate("train", 0, 6)
+  assert not np.array_equal(a["image"], other["image"])
+
+
+def _centroid(image) -> np.ndarray:
+  """(x, y) of the white pixels."""
+  ys, xs = np.nonzero(image[..., 0])
+  return np.array([xs.mean(), ys.mean()]) + 0.5
+
+
+def test_dsprites_position_moves_the_sprite():
+  rng = np.random.default_rng(0)
+  for _ in range(6):
+    shape, scale, orientation, other = (int(rng.integers(n)) for n in (3, 6, 40, 32))
+    along_x = np.array([_centroid(dsprites_like.render(shape, scale, orientation, x,
+                                                       other)) for x in range(32)])
+    along_y = np.array([_centroid(dsprites_like.render(shape, scale, orientation,
+                                                       other, y)) for y in range(32)])
+    assert np.all(np.diff(along_x[:, 0]) > 0.5)  # steps of 36/31 pixels
+    assert np.all(np.diff(along_y[:, 1]) > 0.5)
+    assert np.ptp(along_x[:, 1]) <= 1 and np.ptp(along_y[:, 0]) <= 1  # sampling
+    assert along_x[-1, 0] - along_x[0, 0] > 30 and along_y[-1, 1] - along_y[0, 1] > 30
+
+
+def test_dsprites_orientation_and_scale_change_the_mask():
+  hearts = {_key(dsprites_like.render(2, 5, o, 16, 16)) for o in range(40)}
+  assert len(hearts) == 40  # a heart has no symmetry
+  ellipses = [dsprites_like.render(1, 5, o, 16, 16) for o in range(20)]
+  assert len({_key(e) for e in ellipses}) == 20  # half a turn apart look alike
+  # Quarter turns of a square coincide (as in the real data).
+  np.testing.assert_array_equal(dsprites_like.render(0, 3, 0, 9, 9),
+                                dsprites_like.render(0, 3, 10, 9, 9))
+  assert not np.array_equal(dsprites_like.render(0, 3, 0, 9, 9),
+                            dsprites_like.render(0, 3, 5, 9, 9))
+  for shape in range(3):
+    areas = [np.count_nonzero(dsprites_like.render(shape, s, 7, 16, 16))
+             for s in range(6)]
+    assert np.all(np.diff(areas) > 0)
+
+
+def test_dsprites_built_labels_match_pixels(built):
+  for split, examples in built["dsprites_like"].items():
+    for example in examples:
+      image = example["image"]
+      assert set(np.unique(image)) == {0, 255}
+      assert not image[[0, -1]].any() and not image[:, [0, -1]].any()  # unclipped
+      centre = dsprites_like.centre_pixels(example["label_x_position"],
+                                           example["label_y_position"])
+      assert np.all(np.abs(_centroid(image) - centre) < 1.5)
+      assert example["value_shape"] == example["label_shape"] + 1
+      np.testing.assert_allclose(example["value_scale"],
+                                 0.5 + 0.1 * example["label_scale"], rtol=1e-6)
+      np.testing.assert_allclose(example["value_orientation"],
+                                 example["label_orientation"] * 2 * math.pi / 40,
+                                 rtol=1e-6)
+      for axis in ("x", "y"):
+        np.testing.assert_allclose(example[f"value_{axis}_position"],
+                                   example[f"label_{axis}_position"] / 31, rtol=1e-6)
+
+
+def test_clevr_counts_and_distances_cover_every_class(scenes):
+  counts = [len(o["size"]) for o in scenes["objects"]]
+  assert set(counts) == set(range(3, 11))
+  distances = {clevr_like.distance_label(o["pixel_coords"][:, 2])
+               for o in scenes["objects"]}
+  assert distances == set(range(6))
+  for objects in scenes["objects"]:
+    depths = objects["pixel_coords"][:, 2]
+    assert 7.0 <= depths.min() < 12.0 and depths.max() <= 18.0
+
+
+def test_clevr_labels_match_pixels(scenes):
+  for image, object_map, objects, masks in zip(
+      scenes["image"], scenes["object_map"], scenes["objects"], scenes["masks"]):
+    count = len(objects["size"])
+    assert masks.shape == (count, 64, 96)
+    floor = object_map == -1
+    np.testing.assert_array_equal(image[floor], clevr_like.BACKGROUND[floor])
+    changed = (image != clevr_like.BACKGROUND).any(-1)
+    # Every object can be counted: most of it is unoccluded and drawn.
+    assert set(np.unique(object_map)) == set(range(-1, count))
+    for i in range(count):
+      visible = object_map == i
+      assert np.all(masks[i] | ~visible)
+      assert visible.sum() >= clevr_like.MIN_VISIBLE * masks[i].sum()
+      assert masks[i].sum() >= 8  # the smallest: a small sphere at depth 18
+      assert changed[visible].mean() > 0.9
+      x, y, _ = objects["pixel_coords"][i]
+      rows, cols = np.nonzero(masks[i])
+      assert cols.min() <= x <= cols.max() + 1 and rows.min() <= y <= rows.max() + 1
+    # Nearer objects stand lower and, at equal size and shape, look bigger (for
+    # small objects a pixel more or less is much, hence the depth ratio of 1.5).
+    depth = objects["pixel_coords"][:, 2]
+    bottom = np.array([np.nonzero(m.any(1))[0].max() for m in masks])
+    area = masks.sum((1, 2))
+    for i in range(count):
+      assert abs(bottom[i] - (clevr_like.floor_row(depth[i]) - 0.5)) <= 1.5
+      for j in range(count):
+        if depth[i] * 1.1 < depth[j]:
+          assert bottom[i] > bottom[j]
+        if (depth[i] * 1.5 < depth[j] and objects["size"][i] == objects["size"][j]
+            and objects["shape"][i] == objects["shape"][j]):
+          assert area[i] > area[j]
+
+
+def test_clevr_apparent_area_falls_as_depth_squared(scenes):
+  """Per shape and size, log(area) against log(depth) has slope about -2."""
+  for shape in range(3):
+    for size in range(2):
+      depths, areas = [], []
+      for objects, masks in zip(scenes["objects"], scenes["masks"]):
+        pick = (objects["shape"] == shape) & (objects["size"] == size)
+        depths.extend(objects["pixel_coords"][pick, 2])
+        areas.extend(masks[pick].sum((1, 2)))
+      slope = np.polyfit(np.log(depths), np.log(areas), 1)[0]
+      assert -2.3 < slope < -1.7, (shape, size, slope)
+
+
+def test_vtab_transforms_on_built_data(built):
+  locations, orientations, counts, distances = set(), set(), set(), set()
+  for split in SPLITS:
+    for example in built["dsprites_like"][split]:
+      locations.add(vtab_dsprites_location(example))
+      orientations.add(vtab_dsprites_orientation(example))
+    for example in built["clevr_like"][split]:
+      counts.add(vtab_clevr_count(example))
+      distances.add(vtab_clevr_distance(example))
+      assert vtab_clevr_distance(example) == clevr_like.distance_label(
+          np.asarray(example["objects"]["pixel_coords"])[:, 2])
+  assert locations <= set(range(16)) and orientations <= set(range(16))
+  assert counts <= set(range(8)) and distances <= set(range(6))
+  assert len(locations) > 8 and len(orientations) > 8  # 80 examples, 16 classes
+  assert len(counts) > 4 and len(distances) > 3
