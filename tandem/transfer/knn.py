@@ -1,0 +1,103 @@
+"""Weighted k-nearest-neighbour classification on frozen features (DINO-style).
+
+Train and test features are L2-normalised; each test example takes the k training
+examples of highest cosine similarity s_i and gives class c the vote
+Σ_{i in top-k, y_i = c} exp(s_i / T) (Wu et al. 2018, as in DINO's eval_knn), with
+T = 0.07 and k = 20 and 200 by default; the prediction is the class with the most
+vote. Nothing is fitted, so nothing is selected: the training split is the whole
+labelled pool (train+val in the suite). Similarities and top-k run jitted on device
+in fixed-size test chunks. Exact ties between similarities are broken by
+`jax.lax.top_k`'s order (lower training index first).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_KS = (20, 200)
+DEFAULT_TEMPERATURE = 0.07
+
+
+def _normalise(x):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@functools.partial(jax.jit, static_argnames=("ks",))
+def _predict_chunk(train_x, train_onehot, test_x, temperature, ks: tuple):
+  sim = jnp.einsum("td,nd->tn", test_x, train_x,
+                   precision=jax.lax.Precision.HIGHEST)
+  top_sim, top_idx = jax.lax.top_k(sim, max(ks))
+  weights = jnp.exp(top_sim / temperature)
+  neighbour_labels = train_onehot[top_idx]  # [T, kmax, C]
+  preds = []
+  for k in ks:
+    votes = jnp.einsum("tk,tkc->tc", weights[:, :k], neighbour_labels[:, :k])
+    preds.append(jnp.argmax(votes, axis=-1))
+  return jnp.stack(preds)
+
+
+def knn_predict(train_x, train_y, test_x, *, ks: Sequence[int] = DEFAULT_KS,
+                temperature: float = DEFAULT_TEMPERATURE, num_classes: int | None = None,
+                chunk_size: int = 1024) -> dict[int, np.ndarray]:
+  """{k: predicted labels [N_test]} for every k."""
+  train_y = np.asarray(train_y)
+  ks = tuple(int(k) for k in ks)
+  if len(train_y) < max(ks) or min(ks) < 1:
+    raise ValueError(f"k-NN with k={max(ks)} needs at least {max(ks)} training "
+                     f"examples; got {len(train_y)}.")
+  if temperature <= 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}.")
+  num_classes = num_classes or int(train_y.max()) + 1
+  train = _normalise(jnp.asarray(train_x, jnp.float32))
+  onehot = jax.nn.one_hot(jnp.asarray(train_y), num_classes, dtype=jnp.float32)
+  test_x = np.asarray(test_x, np.float32)
+  preds = []
+  for start in range(0, len(test_x), chunk_size):
+    chunk = test_x[start:start + chunk_size]
+    pad = chunk_size - len(chunk) if len(test_x) > chunk_size else 0
+    chunk = np.concatenate([chunk, np.zeros((pad, chunk.shape[1]), np.float32)])
+    out = _predict_chunk(train, onehot, _normalise(jnp.asarray(chunk)),
+                         jnp.float32(temperature), ks)
+    preds.append(np.asarray(out)[:, :len(chunk) - pad])
+  preds = np.concatenate(preds, axis=1)
+  return {k: preds[i] for i, k in enumerate(ks)}
+
+
+def knn(train_x, train_y, test_x, test_y, *, ks: Sequence[int] = DEFAULT_KS,
+        temperature: float = DEFAULT_TEMPERATURE,
+        num_classes: int | None = None) -> dict[int, float]:
+  """{k: test top-1} of temperature-weighted cosine k-NN."""
+  test_y = np.asarray(test_y)
+  num_classes = num_classes or int(max(np.max(train_y), test_y.max())) + 1
+  preds = knn_predict(train_x, train_y, test_x, ks=ks, temperature=temperature,
+                      num_classes=num_classes)
+  return {k: float(np.mean(p == test_y)) for k, p in preds.items()}
+
+
+def result_name(k: int, temperature: float = DEFAULT_TEMPERATURE) -> str:
+  return f"knn_k{k}_T{temperature:g}"
+
+
+def evaluate_task(data, block) -> list[dict]:
+  """Suite protocol: neighbours from the task's train+val, scored on test."""
+  layer = block.get("layer", "pre_logits")
+  ks = tuple(block.get("ks", DEFAULT_KS))
+  temperature = float(block.get("temperature", DEFAULT_TEMPERATURE))
+  pool = len(data.trainval.labels)
+  usable = tuple(k for k in ks if k <= pool)
+  records = [{"evaluator": result_name(k, temperature),
+              "skipped": f"k={k} exceeds the {pool} training examples."}
+             for k in ks if k > pool]
+  if usable:
+    scores = knn(data.features("trainval", layer), data.trainval.labels,
+                 data.features("test", layer), data.test.labels, ks=usable,
+                 temperature=temperature, num_classes=data.num_classes)
+    records += [{"evaluator": result_name(k, temperature), "metric": "test_top1",
+                 "value": scores[k], "k": k, "temperature": temperature,
+                 "layer": layer, "protocol": "cosine k-NN, exp(s/T)-weighted votes,"
+                 " neighbours from train+val"} for k in usable]
+  return records
