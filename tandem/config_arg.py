@@ -6,6 +6,9 @@ an unknown key is an error that names it and lists the known ones.
 """
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import ml_collections
 
 
@@ -56,3 +59,32 @@ def unknown_override_keys(config: ml_collections.ConfigDict, argv, flag: str = "
         unknown.append((path, ".".join(path.split(".")[:i]) or "<top>", known))
         break
   return unknown
+
+
+def parse_flags(flag_values, argv):
+  """absl flag parsing (`flag_values(argv)`) that exits with a one-line error; an
+  unknown `--config.x` key is reported by name with the fields that do exist."""
+  try:
+    return flag_values(argv)
+  except Exception as e:  # Flag and config errors come in many types.
+    config_arg = None
+    for i, a in enumerate(argv):
+      if a.startswith("--config="):
+        config_arg = a.split("=", 1)[1]
+      elif a == "--config" and i + 1 < len(argv):
+        config_arg = argv[i + 1]
+    if config_arg:
+      try:
+        path, _, arg = config_arg.partition(":")
+        spec = importlib.util.spec_from_file_location("_tandem_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(*([arg] if arg else []))
+      except Exception as load_error:  # The config file itself is broken.
+        sys.exit(f"Error: could not load config {config_arg!r}: {load_error}")
+      unknown = unknown_override_keys(config, argv)
+      if unknown:
+        sys.exit("Error: " + "; ".join(
+            f"unknown config key {path!r} (no such field under {parent}; "
+            f"fields there: {', '.join(known)})" for path, parent, known in unknown))
+    sys.exit(f"Error: {type(e).__name__}: {e}")

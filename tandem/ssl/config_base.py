@@ -99,12 +99,16 @@ def get_base_config(arg, objective: str, *, default_model: str = "cnn"):
   config.checkpoint = dict(every=500, keep=2, async_save=True)
   # Linear probe on frozen pre_logits of the pretraining dataset; L2 chosen on a
   # validation split carved from train (never test).
+  # Few-shot ridge and k-NN on the same features (extracted once for all three).
+  splits = dict(dataset=arg.dataset, train_split=data["train_split"],
+                test_split=data["test_split"], max_train=0, max_test=0,
+                layer="pre_logits", batch_size=1024)
   config.evals = dict(
       every=0 if small else 10000,  # 0: only at the end.
       baselines=False,  # Also probe the random-init encoder and raw pixels at step 0.
-      linear_probe=dict(dataset=arg.dataset, train_split=data["train_split"],
-                        test_split=data["test_split"], num_val=min(10000, data["num_train"] // 6),
-                        max_train=0, max_test=0, layer="pre_logits", batch_size=1024))
+      linear_probe=dict(**splits, num_val=min(10000, data["num_train"] // 6)),
+      fewshot=dict(**splits, shots=(1, 5, 10, 25), seeds=(0, 1, 2)),
+      knn=dict(**splits, ks=(20, 200), temperature=0.07))
   config.allow_config_change = False  # Resume even if the workdir's config differs.
 
   if arg.runlocal:
@@ -120,8 +124,13 @@ def shrink_for_runlocal(config) -> None:
   config.log_every = 1
   config.checkpoint.every = 1
   config.evals.every = 0
+  for name in ("linear_probe", "fewshot", "knn"):
+    if name in config.evals:
+      config.evals[name].update(max_train=256, max_test=256)
   if "linear_probe" in config.evals:
-    config.evals.linear_probe.update(max_train=256, num_val=64, max_test=256)
+    config.evals.linear_probe.num_val = 64
+  if "fewshot" in config.evals:
+    config.evals.fewshot.shots = (1, 5)
 
 
 def backbone(name: str, small: bool, runlocal: bool) -> tuple[str, dict]:

@@ -419,31 +419,7 @@ flags.DEFINE_bool("distributed", False,
 
 
 def _parse_flags(argv):
-  """absl flag parsing, with unknown `--config.x` keys reported by name."""
-  try:
-    return FLAGS(argv)
-  except Exception as e:  # Flag and config errors come in many types.
-    config_arg = None
-    for i, a in enumerate(argv):
-      if a.startswith("--config="):
-        config_arg = a.split("=", 1)[1]
-      elif a == "--config" and i + 1 < len(argv):
-        config_arg = argv[i + 1]
-    if config_arg:
-      try:
-        path, _, arg = config_arg.partition(":")
-        spec = importlib.util.spec_from_file_location("_tandem_config", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config(*([arg] if arg else []))
-      except Exception as load_error:  # The config file itself is broken.
-        sys.exit(f"Error: could not load config {config_arg!r}: {load_error}")
-      unknown = config_arg_lib.unknown_override_keys(config, argv)
-      if unknown:
-        sys.exit("Error: " + "; ".join(
-            f"unknown config key {path!r} (no such field under {parent}; "
-            f"fields there: {', '.join(known)})" for path, parent, known in unknown))
-    sys.exit(f"Error: {type(e).__name__}: {e}")
+  return config_arg_lib.parse_flags(FLAGS, argv)
 
 
 def main(argv):

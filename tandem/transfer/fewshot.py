@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from tandem.transfer import periodic
+
 DEFAULT_SHOTS = (1, 5, 10, 25)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_L2_GRID = tuple(float(2.0 ** k) for k in range(-6, 21))
@@ -163,3 +165,15 @@ def evaluate_task(data, block) -> list[dict]:
           "l2": fit["l2"], "heldout_top1": fit["heldout_top1"], "shots": s,
           "protocol": PROTOCOL})
   return records
+
+
+class Evaluator(periodic.FrozenFeatureEvaluator):
+  """Few-shot top-1 (mean over seeds) inside pretraining: `config.evals.fewshot`
+  (dataset, train_split, test_split, max_train, max_test, layer, shots, seeds)."""
+  name = "fewshot"
+
+  def evaluate(self, train_x, train_y, test_x, test_y) -> dict[str, float]:
+    shots = tuple(self.block.get("shots", DEFAULT_SHOTS))
+    results = fewshot(train_x, train_y, test_x, test_y, shots=shots,
+                      seeds=tuple(self.block.get("seeds", DEFAULT_SEEDS)))
+    return {f"fewshot/{self.layer}/{s}shot_top1": results[s]["mean"] for s in shots}

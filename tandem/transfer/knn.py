@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tandem.transfer import periodic
+
 DEFAULT_KS = (20, 200)
 DEFAULT_TEMPERATURE = 0.07
 
@@ -101,3 +103,16 @@ def evaluate_task(data, block) -> list[dict]:
                  "layer": layer, "protocol": "cosine k-NN, exp(s/T)-weighted votes,"
                  " neighbours from train+val"} for k in usable]
   return records
+
+
+class Evaluator(periodic.FrozenFeatureEvaluator):
+  """k-NN top-1 inside pretraining: `config.evals.knn` (dataset, train_split,
+  test_split, max_train, max_test, layer, ks, temperature)."""
+  name = "knn"
+
+  def evaluate(self, train_x, train_y, test_x, test_y) -> dict[str, float]:
+    temperature = float(self.block.get("temperature", DEFAULT_TEMPERATURE))
+    scores = knn(train_x, train_y, test_x, test_y, temperature=temperature,
+                 ks=tuple(self.block.get("ks", DEFAULT_KS)))
+    return {f"knn/{self.layer}/{result_name(k, temperature)}_top1": v
+            for k, v in scores.items()}

@@ -61,12 +61,12 @@ class TaskData:
 
   def __init__(self, name: str, num_classes: int, splits: dict[str, Split],
                extract: Callable[[np.ndarray, str], np.ndarray] | None = None,
-               class_names: tuple[str, ...] | None = None):
+               class_names: tuple[str, ...] | None = None, group: str = ""):
     missing = [s for s in _GIVEN if s not in splits]
     if missing:
       raise ValueError(f"Task {name}: missing splits {missing}.")
     self.name, self.num_classes = name, num_classes
-    self.class_names = class_names
+    self.class_names, self.group = class_names, group
     self._splits = {s: splits[s] for s in _GIVEN}
     train, val = splits["train"], splits["val"]
     self._splits["trainval"] = Split(
