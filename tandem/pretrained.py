@@ -11,6 +11,7 @@ optimizer state is never read. `embed` applies the checkpoint's own preprocessin
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import ml_collections
@@ -38,11 +39,50 @@ class Pretrained:
                             layer=layer, batch_size=batch_size)
 
 
-def load(workdir: str, step: int | None = None) -> Pretrained:
+def load(workdir: str, step: int | None = None, check_model: bool = True) -> Pretrained:
+  """The params of `step` (default: the latest complete one) and the run's config.
+
+  With `check_model`, the restored arrays must have the shapes of the model the
+  config describes (a CheckpointError names the first differences otherwise), so
+  a checkpoint is never evaluated with the wrong architecture.
+  """
+  if not os.path.isdir(workdir):
+    raise checkpoint.CheckpointError(
+        f"No checkpoints: the workdir {workdir!r} does not exist.")
   config_dict = checkpoint.read_config_dict(workdir)
   if config_dict is None:
     raise checkpoint.CheckpointError(
         f"{workdir!r} has no config.json: not a tandem workdir.")
   config = ml_collections.ConfigDict(config_dict)
   params, model_state, step = checkpoint.restore_params(workdir, step)
+  if check_model:
+    check_model_matches(config, params, model_state, f"{workdir} step {step}")
   return Pretrained(config=config, params=params, model_state=model_state, step=step)
+
+
+def check_model_matches(config, params, model_state, where: str) -> None:
+  """CheckpointError unless the arrays have the shapes of `config`'s model."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from tandem import parallel  # pylint: disable=g-import-not-at-top
+  from tandem.ssl import train  # pylint: disable=g-import-not-at-top
+  objective = importlib.import_module(f"tandem.ssl.{config.objective}")
+  model = objective.make_model(config)
+  inputs = getattr(objective, "init_inputs", train.default_init_inputs)(config)
+  expected = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs,
+                                               train=False))
+  expected = dict(expected)
+  found = {"params": params, **(model_state or {})}
+  shapes = lambda tree: {parallel.path_str(p): tuple(x.shape) for p, x in
+                         jax.tree_util.tree_flatten_with_path(tree)[0]}
+  want, got = shapes(expected), shapes(found)
+  problems = [f"{k}: checkpoint {got.get(k, 'missing')} vs model {v}"
+              for k, v in want.items() if got.get(k) != v]
+  problems += [f"{k}: in the checkpoint but not in the model" for k in got
+               if k not in want]
+  if problems:
+    raise checkpoint.CheckpointError(
+        f"The checkpoint ({where}) does not match the model of its config "
+        f"({config.objective}, {config.model_name}): {len(problems)} arrays differ, "
+        f"e.g. {'; '.join(problems[:3])}. Was config.json overwritten, or the "
+        "workdir reused for another model?")

@@ -27,6 +27,7 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 import numpy as np
 
 from tandem import checkpoint
@@ -357,9 +358,6 @@ def plot(summary: dict, path: str, title: str = "") -> None:
 
 
 FLAGS = flags.FLAGS
-from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-config_flags.DEFINE_config_file("config", None, "Transfer config file[:arg].",
-                                lock_config=True)
 
 
 def main(argv):
@@ -377,4 +375,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: tandem.ssl.train defines its own --config.
+  config_flags.DEFINE_config_file("config", None, "Transfer config file[:arg].",
+                                  lock_config=True)
   app.run(main, flags_parser=lambda argv: config_arg.parse_flags(FLAGS, argv))

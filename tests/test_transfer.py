@@ -1,0 +1,233 @@
+"""Transfer evaluators and the suite runner: references, known answers, the test-split
+fence, bad input, and one end-to-end run of `tandem.transfer.run`."""
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tandem import checkpoint
+from tandem.data import dsprites_like
+from tandem.data import prepare
+from tandem.ssl import train
+from tandem.transfer import fewshot
+from tandem.transfer import knn
+from tandem.transfer import linear_probe
+from tandem.transfer import protocol
+from tandem.transfer import run
+
+from test_train import ROOT, bt_config, load_config
+
+
+def _blobs(n, num_classes, dim, sep, seed):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(num_classes, dim)) * sep
+  y = np.arange(n) % num_classes
+  return (centres[y] + rng.normal(size=(n, dim))).astype(np.float32), y
+
+
+@pytest.mark.parametrize("n", [40, 300])  # Dual (N < D+1) and primal solutions.
+def test_fewshot_ridge_equals_numpy_closed_form(n):
+  x, y = _blobs(n, 5, 64, 1.0, 0)
+  solver = fewshot.RidgeSolver(x, y, 5)
+  x64 = x.astype(np.float64)
+  xw = (x64 - x64.mean(0)) / (x64.std(0) + 1e-5)
+  xw = np.concatenate([xw, np.ones((n, 1))], 1)
+  targets = 2 * np.eye(5)[y] - 1
+  for l2 in (0.5, 2.0 ** 10):
+    ref = np.linalg.solve(xw.T @ xw + l2 * np.eye(65), xw.T @ targets)
+    np.testing.assert_allclose(solver.weights(l2), ref, rtol=1e-6, atol=1e-8)
+
+
+def test_fewshot_end_to_end_matches_reference_and_never_uses_test_for_l2():
+  x, y = _blobs(900, 6, 32, 0.4, 1)
+  x, y, tx, ty = x[:600], y[:600], x[600:], y[600:]
+  result = fewshot.fewshot(x, y, tx, ty, shots=(5,), seeds=(0, 1))[5]
+  for seed, l2, top1 in zip((0, 1), result["l2"], result["top1"]):
+    idx = fewshot.draw_shots(y, 5, 6, seed)
+    assert sorted(np.bincount(y[idx])) == [5] * 6
+    xs = x[idx]
+    mean, std = xs.mean(0), xs.std(0) + 1e-5
+    prep = lambda a: np.concatenate([(a - mean) / std, np.ones((len(a), 1))], 1)
+    w = np.linalg.solve(prep(xs).T @ prep(xs) + l2 * np.eye(33),
+                        prep(xs).T @ (2 * np.eye(6)[y[idx]] - 1))
+    assert top1 == pytest.approx(np.mean(np.argmax(prep(tx) @ w, 1) == ty))
+  assert result["mean"] == pytest.approx(np.mean(result["top1"]))
+  assert result["std"] == pytest.approx(np.std(result["top1"]))
+  shuffled = fewshot.fewshot(x, y, tx, np.random.default_rng(0).permutation(ty),
+                             shots=(5,), seeds=(0, 1))[5]
+  assert shuffled["l2"] == result["l2"]  # Chosen without test labels.
+
+
+def test_knn_equals_brute_force():
+  x, y = _blobs(800, 7, 16, 0.3, 3)
+  x, y, tx = x[:500], y[:500], x[500:]
+  preds = knn.knn_predict(x, y, tx, ks=(1, 20, 200), temperature=0.07, chunk_size=128)
+  a = x / np.linalg.norm(x, axis=1, keepdims=True)
+  b = tx / np.linalg.norm(tx, axis=1, keepdims=True)
+  sim = b @ a.T
+  for k in (1, 20, 200):
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    votes = np.zeros((len(tx), 7))
+    for i in range(len(tx)):
+      np.add.at(votes[i], y[top[i]], np.exp(sim[i, top[i]] / 0.07))
+    np.testing.assert_array_equal(preds[k], votes.argmax(1))
+
+
+def test_separable_features_give_100_and_random_features_give_chance():
+  x, y = _blobs(1500, 10, 32, 10.0, 5)
+  x, y, tx, ty = x[:1000], y[:1000], x[1000:], y[1000:]
+  assert linear_probe.linear_probe(x, y, tx, ty, num_val=200)["test_top1"] == 1.0
+  assert fewshot.fewshot(x, y, tx, ty, shots=(1, 5))[1]["mean"] == 1.0
+  assert knn.knn(x, y, tx, ty) == {20: 1.0, 200: 1.0}
+  rng = np.random.default_rng(7)
+  rx, ry = rng.normal(size=(1000, 32)), rng.integers(0, 10, 1000)
+  rtx, rty = rng.normal(size=(4000, 32)), rng.integers(0, 10, 4000)
+  tolerance = 0.03  # ~4.5 standard errors of a 4000-example accuracy at p = 0.1
+  assert abs(linear_probe.linear_probe(rx, ry, rtx, rty, num_val=200)["test_top1"]
+             - 0.1) < tolerance
+  assert abs(fewshot.fewshot(rx, ry, rtx, rty, shots=(10,))[10]["mean"] - 0.1) < tolerance
+  for top1 in knn.knn(rx, ry, rtx, rty).values():
+    assert abs(top1 - 0.1) < tolerance
+
+
+def _task_data(n_train=80, n_val=20, n_test=40, num_classes=4, dim=8, nan=False):
+  def split(name, n, seed):
+    labels = np.arange(n) % num_classes
+    images = np.zeros((n, 2, 2, 1), np.uint8)
+    images[:, 0, 0, 0] = labels  # The extractor reads the label back from pixel 0.
+    images[:, 0, 1, 0] = np.random.default_rng(seed).integers(0, 255, n)
+    return protocol.Split(name, images, labels)
+
+  def extract(images, layer):
+    del layer
+    x = np.eye(num_classes)[images[:, 0, 0, 0]] * 4
+    x = np.concatenate([x, images[:, 0, 1:2, 0] / 255.0,
+                        np.zeros((len(images), dim - num_classes - 1))], 1)
+    return x * np.nan if nan else x
+
+  return protocol.TaskData("toy", num_classes, {
+      "train": split("train", n_train, 0), "val": split("val", n_val, 1),
+      "test": split("test", n_test, 2)}, extract, group="natural")
+
+
+class _Ctx:
+  """What the suite's evaluators read from run.Context, for toy data."""
+  def __init__(self, config):
+    self.config = config
+
+
+def test_suite_evaluators_fence_off_test_during_selection():
+  from configs.transfer import vtab as vtab_config
+  ctx = _Ctx(vtab_config.get_config("runlocal"))
+  data = _task_data()
+  records = (run._linear_probe(data, ctx) + run._fewshot(data, ctx)
+             + run._knn(data, ctx))
+  scores = {r["evaluator"]: r["value"] for r in records if "value" in r}
+  assert scores["linear_probe"] == 1.0 and scores["fewshot_5shot"] == 1.0
+  assert scores["knn_k20_T0.07"] == 1.0
+  assert any("skipped" in r and "200" in r["skipped"] for r in records)  # k > 100
+  assert data.extraction_count == 3  # train, val, test: once for every evaluator.
+
+  with pytest.raises(protocol.TestSplitAccessError, match="model selection"):
+    with data.selection():
+      data.features("test", "pre_logits")  # A cheating evaluator.
+  with pytest.raises(protocol.TestSplitAccessError):
+    with data.selection():
+      _ = data.test.labels
+
+
+def test_fewer_examples_than_shots_is_a_recorded_skip_and_nan_is_an_error():
+  data = _task_data(n_train=12, n_val=4)  # 4 examples per class in train+val.
+  records = fewshot.evaluate_task(data, {"shots": (1, 5), "seeds": (0,)})
+  assert [r["evaluator"] for r in records] == ["fewshot_1shot", "fewshot_5shot"]
+  assert "value" in records[0] and "have only [4]" in records[1]["skipped"]
+  x, y = _blobs(30, 3, 4, 1.0, 0)
+  with pytest.raises(fewshot.NotEnoughExamplesError, match="25-shot"):
+    fewshot.fewshot(x, y, x, y, shots=(25,))
+  with pytest.raises(protocol.NonFiniteFeaturesError, match="toy/train"):
+    _task_data(nan=True).features("train", "pre_logits")
+
+
+@pytest.fixture(scope="module")
+def bt_checkpoint(tiny_data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("bt")
+  config = bt_config(tiny_data_dir, "runlocal,model=cnn")
+  config.evals = {"every": 0, "baselines": False}
+  train.train(config, str(workdir))
+  return str(workdir)
+
+
+@pytest.fixture(scope="module")
+def dsprites_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("vtab_data"))
+  sizes = {"train": 800, "validation": 200, "test": 60}
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(prepare.BUILDERS, "dsprites_like",
+                  functools.partial(dsprites_like.DspritesLike, split_sizes=sizes))
+    prepare.prepare("dsprites_like", data_dir)
+  return data_dir
+
+
+def _transfer_config(arg, checkpoint_dir, data_dir, out):
+  config = load_config(os.path.join(ROOT, "configs/transfer/vtab.py"), arg)
+  config.checkpoint, config.data_dir, config.output_dir = checkpoint_dir, data_dir, out
+  return config
+
+
+def test_suite_runs_end_to_end_and_lists_unprepared_tasks(bt_checkpoint, dsprites_dir,
+                                                          tmp_path, capsys):
+  config = _transfer_config("dsprites_like_location,fashion_mnist,runlocal",
+                            bt_checkpoint, dsprites_dir, str(tmp_path))
+  results = run.run(config)
+  out = capsys.readouterr().out
+  records = json.load(open(tmp_path / "results.json"))["records"]
+  done = {(r["task"], r["evaluator"]) for r in records if "value" in r}
+  assert {("dsprites_like_location", e) for e in
+          ("linear_probe", "fewshot_1shot", "fewshot_5shot", "knn_k20_T0.07",
+           "knn_k200_T0.07")} <= done
+  assert all(0 <= r["value"] <= 1 for r in records if "value" in r)
+  assert sum(r["evaluator"] == "fewshot_5shot" for r in records) == 2  # one per seed
+  skip = [r for r in records if r["task"] == "fashion_mnist"]
+  assert len(skip) == 1 and "python -m tandem.data.prepare --dataset fashion_mnist" \
+      in skip[0]["skipped"]
+  assert "(3 feature extractions)" in out and "mean structured" in out
+  assert results["summary"]["overall"]["linear_probe"][1:] == [1, 2]  # 1 of 2 tasks
+  assert (tmp_path / "results.png").stat().st_size > 1000
+
+
+def test_bad_checkpoints_give_clear_errors(bt_checkpoint, dsprites_dir, tmp_path):
+  config = lambda ckpt: _transfer_config("dsprites_like_location,runlocal", ckpt,
+                                         dsprites_dir, str(tmp_path / "out"))
+  with pytest.raises(checkpoint.CheckpointError, match="No checkpoints"):
+    run.run(config(str(tmp_path / "missing")))
+
+  half = tmp_path / "half"
+  shutil.copytree(bt_checkpoint, half)
+  for step in os.listdir(half / "checkpoints"):  # Every save interrupted mid-write.
+    os.rename(half / "checkpoints" / step,
+              half / "checkpoints" / f"{step}.orbax-checkpoint-tmp-1")
+  with pytest.raises(checkpoint.CheckpointError, match="No complete checkpoint"):
+    run.run(config(str(half)))
+
+  other = tmp_path / "other"
+  shutil.copytree(bt_checkpoint, other)
+  saved = json.load(open(other / "config.json"))
+  saved["model"]["widths"] = [2 * w for w in saved["model"]["widths"]]
+  json.dump(saved, open(other / "config.json", "w"))
+  with pytest.raises(checkpoint.CheckpointError, match="does not match the model"):
+    run.run(config(str(other)))
+
+
+def test_command_line_reports_a_missing_checkpoint(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "tandem.transfer.run", "--config",
+       "configs/transfer/vtab.py:suite=offline",
+       f"--config.checkpoint={tmp_path / 'nothing'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "Error: No checkpoints" in proc.stderr, proc.stderr
