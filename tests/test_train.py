@@ -202,11 +202,20 @@ def test_ctrl_c_on_the_command_line_saves_and_the_same_command_resumes(
   assert steps[stopped] == stopped + 1  # Continued where it stopped.
 
 
-def test_linear_probe_runs_every_m_steps(tiny_data_dir, tmp_path):
+def test_evals_run_every_m_steps_and_share_features(tiny_data_dir, tmp_path,
+                                                   monkeypatch):
+  from tandem.transfer import features
+  calls = []
+  extract = features.extract
+  monkeypatch.setattr(features, "extract",
+                      lambda *a, **k: calls.append(1) or extract(*a, **k))
   train.train(bt_config(tiny_data_dir, **{"evals.every": 1}), str(tmp_path))
   records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  probed = [r["step"] for r in records if "linear_probe/pre_logits/test_top1" in r]
-  assert probed == [1, 2]
+  for key in ("linear_probe/pre_logits/test_top1", "fewshot/pre_logits/5shot_top1",
+              "knn/pre_logits/knn_k20_T0.07_top1"):
+    assert [r["step"] for r in records if key in r] == [1, 2], key
+  # Train and test features once per evaluation, shared by the three evaluators.
+  assert len(calls) == 2 * 2
 
 
 # Orbax leaves an asyncio loop behind after a failed restore; harmless here.

@@ -405,17 +405,23 @@ def _print_summary(results: dict, config) -> None:
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-flags.DEFINE_string("coordinator_address", None,
-                    "host:port of process 0, for multi-process runs started by hand "
-                    "(launch/local_multiprocess.sh); TPU pods and SLURM need none.")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
-flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
-flags.DEFINE_bool("distributed", False,
-                  "Call jax.distributed.initialize() with the cluster's own settings "
-                  "(TPU pods, SLURM).")
+
+
+def _define_flags():
+  """Command-line flags, defined only when run as a program (so that importing
+  this module next to another entry point, tandem.transfer.run, is harmless)."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0, for multi-process runs started by "
+                      "hand (launch/local_multiprocess.sh); TPU pods and SLURM need "
+                      "none.")
+  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+  flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+  flags.DEFINE_bool("distributed", False,
+                    "Call jax.distributed.initialize() with the cluster's own "
+                    "settings (TPU pods, SLURM).")
 
 
 def _parse_flags(argv):
@@ -445,5 +451,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=_parse_flags)

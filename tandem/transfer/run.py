@@ -51,6 +51,10 @@ class Context:
   model: pretrained.Pretrained
   data_dir: str
   embedder: features_lib.ImageTextEmbedder | None = None
+  # Loaded images by (dataset, split) and features by (images, layer), for the run.
+  images: dict = dataclasses.field(default_factory=dict)
+  features: dict = dataclasses.field(default_factory=dict)
+  extractions: int = 0
 
   @property
   def variables(self) -> dict:
@@ -171,19 +175,34 @@ def _cap(images, labels, cap: int, seed: int):
 def load_task(task: vtab.Task, ctx: Context) -> protocol.TaskData:
   """The task's train800 / val200 / test at the checkpoint's image size."""
   cfg = ctx.model.config.input
-  load = lambda split: vtab.load_split(task, split, data_dir=ctx.data_dir,
-                                       image_size=cfg.image_size,
-                                       channels=cfg.channels)
-  test = _cap(*load("test"), ctx.config.max_test, ctx.config.seed)
+
+  def load(split):
+    images, labels = vtab.load_split(task, split, data_dir=ctx.data_dir,
+                                     image_size=cfg.image_size, channels=cfg.channels)
+    # Tasks on the same data (dSprites location and orientation) share the image
+    # array, so its features are extracted once for both.
+    key = (task.dataset, task.splits[split])
+    images = ctx.images.setdefault(key, images)
+    if split == "test":
+      images, labels = _cap(images, labels, ctx.config.max_test, ctx.config.seed)
+      images = ctx.images.setdefault(key + ("cap",), images)
+    return images, labels
+
   splits = {"train": protocol.Split("train", *load("train800")),
             "val": protocol.Split("val", *load("val200")),
-            "test": protocol.Split("test", *test)}
+            "test": protocol.Split("test", *load("test"))}
 
   def extract(images, layer):
-    if layer == IMAGE_TEXT_LAYER:
-      return ctx.embedder.images(ctx.variables, images)
-    return features_lib.extract(ctx.model.encoder_variables, images, ctx.model.config,
-                                layer=layer, batch_size=ctx.config.batch_size)
+    key = (id(images), layer)  # `ctx.images` keeps the arrays (and ids) alive.
+    if key not in ctx.features:
+      ctx.extractions += 1
+      if layer == IMAGE_TEXT_LAYER:
+        ctx.features[key] = ctx.embedder.images(ctx.variables, images)
+      else:
+        ctx.features[key] = features_lib.extract(
+            ctx.model.encoder_variables, images, ctx.model.config, layer=layer,
+            batch_size=ctx.config.batch_size)
+    return ctx.features[key]
 
   return protocol.TaskData(task.name, task.num_classes, splits, extract,
                            class_names=vtab.class_names(task, ctx.data_dir),
@@ -219,7 +238,7 @@ def run(config) -> dict:
           f"{task.prepare_command(data_dir)}")})
       print(f"{task.name}: skipped (not prepared: {task.prepare_command(data_dir)})")
       continue
-    task_start = time.time()
+    task_start, extractions = time.time(), ctx.extractions
     data = load_task(task, ctx)
     for name in evaluators:
       if name == "retrieval":
@@ -227,7 +246,7 @@ def run(config) -> dict:
       for record in EVALUATORS[name](data, ctx):
         records.append({**base, **record})
     print(f"{task.name}: {time.time() - task_start:.1f} s "
-          f"({data.extraction_count} feature extractions)")
+          f"({ctx.extractions - extractions} feature extractions)")
   if "retrieval" in evaluators:
     records += _retrieval(ctx)
 
