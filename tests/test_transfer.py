@@ -231,3 +231,11 @@ def test_command_line_reports_a_missing_checkpoint(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert "Error: No checkpoints" in proc.stderr, proc.stderr
+
+
+def test_evaluators_are_callable_from_the_package():
+  import tandem.transfer
+  x, y = _blobs(300, 3, 8, 10.0, 0)
+  assert tandem.transfer.fewshot(x, y, x, y, shots=(1,), seeds=(0,))[1]["mean"] == 1.0
+  assert tandem.transfer.knn(x, y, x, y, ks=(5,)) == {5: 1.0}
+  assert tandem.transfer.linear_probe(x, y, x, y, num_val=50)["test_top1"] == 1.0
