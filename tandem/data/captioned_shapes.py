@@ -42,12 +42,13 @@ is drawn from `SEED` and the example's (split, index), so a dataset is the same 
 every machine and `generate` reproduces any prefix of it without building.
 """
 import functools
-from typing import Iterator, Mapping
+from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from tandem.data import png
+from tandem.data import procedural
 
 IMAGE_SIZE = 32
 PALETTE = {
@@ -226,16 +227,12 @@ def generate(seed: int, num_examples: int, split: str) -> Iterator[dict]:
     yield make_example(np.random.default_rng([seed, _SPLIT_IDS[split], index]), split)
 
 
-class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
+class CaptionedShapes(procedural.ProceduralBuilder):
   """Coloured shapes with captions; held-out compositions in `test`."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "32x32, 6 colours x 4 shapes x 2 sizes, 1-2 groups."}
   SPLIT_SIZES = SPLIT_SIZES
-
-  def __init__(self, *, split_sizes: Mapping[str, int] | None = None, **kwargs):
-    self.split_sizes = {**self.SPLIT_SIZES, **(split_sizes or {})}
-    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -256,11 +253,6 @@ class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
         }),
         supervised_keys=("image", "label"),
     )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # nothing to download
-    return {split: self._generate_examples(split, n)
-            for split, n in self.split_sizes.items()}
 
   def _generate_examples(self, split: str, num_examples: int):
     for index, example in enumerate(generate(SEED, num_examples, split)):

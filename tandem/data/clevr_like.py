@@ -52,12 +52,12 @@ clevr_like`) took 33 s of CPU time (49 s wall on a busy shared 2-core machine):
 drawing ~2.3 ms a scene, PNG encoding and TFDS's serialisation ~1.5 ms.
 """
 import math
-from typing import Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from tandem.data import png
+from tandem.data import procedural
 
 HEIGHT, WIDTH = 64, 96
 # TFDS clevr's ClassLabel names and orders.
@@ -342,16 +342,12 @@ def generate(split: str, start: int = 0, count: int = 1,
   }
 
 
-class ClevrLike(tfds.core.GeneratorBasedBuilder):
+class ClevrLike(procedural.ProceduralBuilder):
   """CLEVR-like scenes with CLEVR's object features, drawn procedurally."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "64x96, 3-10 objects, balanced count and distance."}
   SPLIT_SIZES = SPLIT_SIZES
-
-  def __init__(self, *, split_sizes: Mapping[str, int] | None = None, **kwargs):
-    self.split_sizes = {**self.SPLIT_SIZES, **(split_sizes or {})}
-    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -369,11 +365,6 @@ class ClevrLike(tfds.core.GeneratorBasedBuilder):
         }),
         homepage="https://cs.stanford.edu/people/jcjohns/clevr/",
     )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # nothing to download
-    return {split: self._generate_examples(split, n)
-            for split, n in self.split_sizes.items()}
 
   def _generate_examples(self, split: str, num_examples: int):
     for index in range(num_examples):

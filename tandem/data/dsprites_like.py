@@ -52,6 +52,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tandem.data import png
+from tandem.data import procedural
 
 IMAGE_SIZE = 64
 SHAPES = ("square", "ellipse", "heart")
@@ -153,16 +154,12 @@ def generate(split: str, start: int = 0, count: int = 1,
   return arrays
 
 
-class DspritesLike(tfds.core.GeneratorBasedBuilder):
+class DspritesLike(procedural.ProceduralBuilder):
   """dSprites-like sprites with dSprites' features, drawn procedurally."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "64x64x1, square/ellipse/heart, factors drawn uniformly."}
   SPLIT_SIZES = SPLIT_SIZES
-
-  def __init__(self, *, split_sizes: Mapping[str, int] | None = None, **kwargs):
-    self.split_sizes = {**self.SPLIT_SIZES, **(split_sizes or {})}
-    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = {"image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 1))}
@@ -177,11 +174,6 @@ class DspritesLike(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict(features),
         homepage="https://github.com/deepmind/dsprites-dataset",
     )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # nothing to download
-    return {split: self._generate_examples(split, n)
-            for split, n in self.split_sizes.items()}
 
   def _generate_examples(self, split: str, num_examples: int):
     for index in range(num_examples):
