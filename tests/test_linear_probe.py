@@ -45,3 +45,51 @@ def test_model_selection_never_sees_test_labels():
   assert a["test_top1"] > 0.7 > b["test_top1"]
   sk = LogisticRegression(max_iter=2000).fit(x, y).score(xt, yt)
   assert abs(a["test_top1"] - sk) < 0.03
+
+
+def _larger_data(seed=1):
+  """Enough rows that the solver samples: the warm-up subsample and each class's
+  curvature rows (`_BLOCK_ROWS`) are fewer than N."""
+  x, y = make_classification(n_samples=6000, n_features=16, n_informative=8,
+                             n_classes=5, class_sep=1.0, random_state=seed)
+  x = (x - x.mean(0)) / x.std(0)
+  return x.astype(np.float32), y
+
+
+def _sklearn_optimum(x, y, l2):
+  ref = LogisticRegression(C=1 / (2 * l2 * len(x)), tol=1e-10, max_iter=5000).fit(x, y)
+  return ref.coef_.T, ref.intercept_ - ref.intercept_.mean()
+
+
+def test_sampled_curvature_blocks_reach_the_optimum():
+  x, y = _larger_data()
+  assert len(x) > max(linear_probe._BLOCK_ROWS, linear_probe._MIN_WARMUP_ROWS)
+  l2 = 1e-4
+  (w, b), iters = linear_probe.fit_logistic_regression(x, y, 5, l2, tol=1e-6)
+  ref_w, ref_b = _sklearn_optimum(x, y, l2)
+  np.testing.assert_allclose(np.asarray(w), ref_w, atol=2e-3)
+  np.testing.assert_allclose(np.asarray(b), ref_b, atol=2e-3)
+  assert iters <= 12  # 6 here; ~12 with one block shared by all classes.
+
+
+def test_accelerator_layout_and_other_preconditioners_reach_the_same_optimum(
+    monkeypatch):
+  """X kept only as [D, N] (the layout used off CPU); one curvature block shared
+  by all classes, and none (used where per-class blocks would cost too much)."""
+  x, y = _larger_data()
+  l2 = 1e-4
+  ref_w, ref_b = _sklearn_optimum(x, y, l2)
+  xt, _, y1 = linear_probe._device_data(x, y, 5)
+  init = (np.zeros((16, 5), np.float32), np.zeros(5, np.float32))
+  (w, b), _ = linear_probe._solve((xt, None, y1), 5, l2, init, 300, None, 1e-6)
+  np.testing.assert_allclose(np.asarray(w), ref_w, atol=2e-3)
+  np.testing.assert_allclose(np.asarray(b), ref_b, atol=2e-3)
+  monkeypatch.setattr(linear_probe, "_MAX_BLOCK_FLOATS", 0)  # -> "shared"
+  (w, b), _ = linear_probe.fit_logistic_regression(x, y, 5, l2, init=init, tol=1e-6)
+  np.testing.assert_allclose(np.asarray(w), ref_w, atol=2e-3)
+  np.testing.assert_allclose(np.asarray(b), ref_b, atol=2e-3)
+  # No blocks (when building them would cost more than it saves), from cold.
+  monkeypatch.setattr(linear_probe, "_blocks_kind", lambda *args: "none")
+  (w, b), _ = linear_probe.fit_logistic_regression(x, y, 5, l2, tol=1e-6)
+  np.testing.assert_allclose(np.asarray(w), ref_w, atol=2e-3)
+  np.testing.assert_allclose(np.asarray(b), ref_b, atol=2e-3)
