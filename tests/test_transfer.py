@@ -20,6 +20,7 @@ from tandem.transfer import linear_probe
 from tandem.transfer import protocol
 from tandem.transfer import run
 
+from conftest import fake_fashion_mnist
 from test_train import ROOT, bt_config, load_config
 
 
@@ -239,3 +240,75 @@ def test_evaluators_are_callable_from_the_package():
   assert tandem.transfer.fewshot(x, y, x, y, shots=(1,), seeds=(0,))[1]["mean"] == 1.0
   assert tandem.transfer.knn(x, y, x, y, ks=(5,)) == {5: 1.0}
   assert tandem.transfer.linear_probe(x, y, x, y, num_val=50)["test_top1"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def image_text_setup(tmp_path_factory):
+  """A CLIP runlocal checkpoint trained on a tiny captioned_shapes, and a data dir
+  with that dataset (retrieval) and the tiny Fashion-MNIST (a task with class names)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tandem.data import captioned_shapes  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path_factory.mktemp("image_text_data")
+  idx_dir = tmp_path_factory.mktemp("idx_1000")  # VTAB's train800 + val200 fit.
+  fake_fashion_mnist(str(idx_dir), num_train=1000, num_test=100)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("TANDEM_FASHION_MNIST_DIR", str(idx_dir))
+    prepare.prepare("fashion_mnist", str(data_dir))
+  captioned_shapes.CaptionedShapes(
+      data_dir=str(data_dir), file_format="array_record",
+      split_sizes={"train": 160, "validation": 48, "test": 48}).download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  workdir = tmp_path_factory.mktemp("clip")
+  config = load_config(os.path.join(ROOT, "configs/ssl/clip.py"), "runlocal")
+  config.data_dir = str(data_dir)
+  config.evals = {"every": 0, "baselines": False}
+  train.train(config, str(workdir))
+  return str(workdir), str(data_dir)
+
+
+def test_suite_scores_zeroshot_retrieval_and_finetune_end_to_end(image_text_setup,
+                                                                 bt_checkpoint,
+                                                                 tmp_path, capsys):
+  clip_dir, data_dir = image_text_setup
+  config = _transfer_config(
+      "fashion_mnist,evaluators=linear_probe+zeroshot+retrieval+finetune,runlocal",
+      clip_dir, data_dir, str(tmp_path / "clip"))
+  run.run(config)
+  records = json.load(open(tmp_path / "clip" / "results.json"))["records"]
+  values = {(r["task"], r["evaluator"]): r for r in records if "value" in r}
+  assert not [r for r in records if "skipped" in r], records
+  zeroshot = values[("fashion_mnist", "zeroshot")]
+  assert 0.0 <= zeroshot["value"] <= 1.0 and zeroshot["templates"] > 1
+  recall = {key[1]: r["value"] for key, r in values.items()
+            if key[0] == "captioned_shapes/validation"}
+  for direction in ("i2t", "t2i"):
+    at = [recall[f"retrieval_{direction}_recall@{k}"] for k in (1, 5, 10)]
+    assert 0.0 <= at[0] <= at[1] <= at[2] <= 1.0, recall
+  tuned = values[("fashion_mnist", "finetune_full")]
+  assert 0.0 <= tuned["value"] <= 1.0 and tuned["steps"] == config.finetune.steps
+  # The learning rate comes from the config's sweep (chosen on val200, not test).
+  assert tuned["lr"] in (tuple(config.finetune.lr_grid) or (config.finetune.lr,))
+  assert 0.0 <= values[("fashion_mnist", "linear_probe")]["value"] <= 1.0
+  out = capsys.readouterr().out
+  assert "zeroshot" in out and "retrieval" in out
+
+  # A checkpoint without a text tower: zero-shot and retrieval are recorded skips.
+  config = _transfer_config("fashion_mnist,evaluators=zeroshot+retrieval,runlocal",
+                            bt_checkpoint, data_dir, str(tmp_path / "bt"))
+  run.run(config)
+  records = json.load(open(tmp_path / "bt" / "results.json"))["records"]
+  assert len(records) == 2 and all("skipped" in r for r in records), records
+
+
+@pytest.mark.parametrize("evaluator", ["linear_probe", "fewshot", "knn"])
+def test_python_api_refuses_non_finite_features(evaluator):
+  import tandem.transfer  # pylint: disable=g-import-not-at-top
+  x, y = _blobs(300, 3, 8, 10.0, 0)
+  bad = x.copy()
+  bad[7, 2] = np.nan
+  fn = getattr(tandem.transfer, evaluator)
+  with pytest.raises(protocol.NonFiniteFeaturesError, match="train features: 1 of 300"):
+    fn(bad, y, x, y)
+  bad[7, 2] = np.inf
+  with pytest.raises(protocol.NonFiniteFeaturesError, match="test features"):
+    fn(x, y, bad, y)

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from tandem.transfer import periodic
+from tandem.transfer import protocol
 
 DEFAULT_SHOTS = (1, 5, 10, 25)
 DEFAULT_SEEDS = (0, 1, 2)
@@ -117,6 +118,8 @@ def fewshot(train_x, train_y, test_x, test_y, *, shots: Sequence[int] = DEFAULT_
   "heldout_top1" (per seed)}}. A value of `shots` that the training data cannot
   supply raises `NotEnoughExamplesError`.
   """
+  protocol.check_finite(np.asarray(train_x), "fewshot: train features")
+  protocol.check_finite(np.asarray(test_x), "fewshot: test features")
   train_y, test_y = np.asarray(train_y), np.asarray(test_y)
   if num_classes is None:
     num_classes = int(max(train_y.max(), test_y.max())) + 1

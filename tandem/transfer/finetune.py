@@ -525,8 +525,10 @@ def finetune(pretrain_config, variables, train_images: np.ndarray,
   params_sharding = parallel.tree_shardings(params, rules, mesh)
   # Copies, never aliases of the caller's arrays, as the step donates its inputs
   # (`jax.device_put(..., may_alias=False)` still aliases one shard in jax 0.10).
-  copy = lambda tree, sharding: jax.jit(
-      lambda t: jax.tree.map(jnp.copy, t), out_shardings=sharding)(tree)
+  # Through host memory: the caller's arrays may sit on any devices (`tandem.load`
+  # puts them on one), which a jitted copy onto the mesh would refuse.
+  copy = lambda tree, sharding: jax.device_put(
+      jax.tree.map(lambda x: np.array(x, copy=True), tree), sharding)
   params = copy(params, params_sharding)
   model_state = copy(model_state, parallel.tree_shardings(model_state, rules, mesh))
 

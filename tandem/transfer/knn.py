@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tandem.transfer import periodic
+from tandem.transfer import protocol
 
 DEFAULT_KS = (20, 200)
 DEFAULT_TEMPERATURE = 0.07
@@ -73,6 +74,8 @@ def knn(train_x, train_y, test_x, test_y, *, ks: Sequence[int] = DEFAULT_KS,
         temperature: float = DEFAULT_TEMPERATURE,
         num_classes: int | None = None) -> dict[int, float]:
   """{k: test top-1} of temperature-weighted cosine k-NN."""
+  protocol.check_finite(np.asarray(train_x), "knn: train features")
+  protocol.check_finite(np.asarray(test_x), "knn: test features")
   test_y = np.asarray(test_y)
   num_classes = num_classes or int(max(np.max(train_y), test_y.max())) + 1
   preds = knn_predict(train_x, train_y, test_x, ks=ks, temperature=temperature,

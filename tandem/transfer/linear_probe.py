@@ -32,7 +32,7 @@ save (few examples for their features, or many classes: `_blocks_kind`) one bloc
 shared by all classes, or there is none.
 On 60,000 × 512 Fashion-MNIST features (l2 = 1e-3) this stops (max |∇| <= 2e-5,
 objective within ~1e-6 of the optimum) after ~17 full-data iterations and 2 block
-builds, ~25x faster than scikit-learn's lbfgs at its default tolerance, whose
+builds, ~20x faster than scikit-learn's lbfgs at its default tolerance, whose
 objective ends ~1e-4 higher (bench/linear_probe.py).
 
 XLA:CPU details that matter (~2x): logits are computed as [K, N] from X stored
@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tandem.transfer import periodic
+from tandem.transfer import protocol
 
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_MAX_ITER = 300
@@ -404,8 +405,10 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_val: int = 10000,
                  l2_grid=DEFAULT_L2_GRID, seed: int = 0,
                  max_iter: int = DEFAULT_MAX_ITER) -> dict:
   """Linear-probe top-1 on test, with L2 chosen on a split carved from train."""
-  train_x = np.asarray(train_x, np.float32)
-  test_x = np.asarray(test_x, np.float32)
+  train_x = protocol.check_finite(np.asarray(train_x, np.float32),
+                                  "linear_probe: train features")
+  test_x = protocol.check_finite(np.asarray(test_x, np.float32),
+                                 "linear_probe: test features")
   train_y, test_y = np.asarray(train_y), np.asarray(test_y)
   num_classes = int(max(train_y.max(), test_y.max())) + 1
   if not 0 < num_val < len(train_x):

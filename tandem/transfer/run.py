@@ -370,7 +370,8 @@ def plot(summary: dict, path: str, title: str = "") -> None:
   ax.set_ylabel("test top-1 (%)")
   ax.set_ylim(0, 100)
   ax.set_title(title)
-  ax.legend(fontsize=7, ncol=2)
+  if columns:  # Every evaluator skipped: an empty chart, no legend.
+    ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
