@@ -25,6 +25,32 @@ class CheckpointError(RuntimeError):
   """A checkpoint is missing, incomplete or unreadable."""
 
 
+_ARRAY_HANDLER_SET = False
+
+
+def _write_replicated_arrays_whole() -> None:
+  """In a single process, saves each array from one replica, in one piece.
+
+  Orbax's default ("replica-parallel") splits every replicated array into a slice
+  per replica so that hosts share the writing. Within one process that only adds a
+  device-side slice per replica and array (on 8 CPU devices a runlocal ResNet-18
+  save took ~6.5 s instead of well under 1 s). Multi-process runs keep the default.
+  Restoring is unaffected.
+  """
+  global _ARRAY_HANDLER_SET
+  if _ARRAY_HANDLER_SET or jax.process_count() > 1:
+    return
+  try:  # The metadata store has no public path; keep it as orbax's default has it.
+    from orbax.checkpoint._src.metadata import array_metadata_store  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(
+          use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()),
+      override=True)
+  _ARRAY_HANDLER_SET = True
+
+
 def _handlers():
   return {"model": ocp.StandardCheckpointHandler(),
           "train_state": ocp.StandardCheckpointHandler(),
@@ -39,6 +65,7 @@ class Checkpointer:
   """Saves and restores the full training state of one run."""
 
   def __init__(self, workdir: str, *, keep: int = 2, async_save: bool = True):
+    _write_replicated_arrays_whole()
     self.manager = ocp.CheckpointManager(
         checkpoint_dir(workdir),
         options=ocp.CheckpointManagerOptions(

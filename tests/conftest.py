@@ -56,3 +56,6 @@ def pytest_configure(config):
                          os.path.join(os.path.expanduser("~"), ".cache", "tandem-xla"))
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  # Subprocesses the tests start (command-line runs, multi-process training) too.
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

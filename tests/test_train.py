@@ -179,24 +179,24 @@ def test_ctrl_c_on_the_command_line_saves_and_the_same_command_resumes(
   workdir = tmp_path / "run"
   command = [sys.executable, "-m", "tandem.ssl.train",
              "--config", "configs/ssl/barlow_twins.py:runlocal",
-             f"--config.data_dir={tiny_data_dir}", "--config.total_steps=60",
+             f"--config.data_dir={tiny_data_dir}", "--config.total_steps=24",
              "--workdir", str(workdir)]
   proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   lines = []
   for line in proc.stdout:
     lines.append(line)
-    if line.startswith("step 2/60"):
+    if line.startswith("step 2/24"):
       proc.send_signal(signal.SIGINT)
   assert proc.wait(timeout=120) == 128 + signal.SIGINT, "".join(lines)
   stopped = tandem.load(str(workdir)).step
-  assert 2 <= stopped < 60
+  assert 2 <= stopped < 24
   assert any("Run the same command to resume" in l for l in lines)
 
   proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert f"Resumed from step {stopped}" in proc.stdout
-  assert tandem.load(str(workdir)).step == 60
+  assert tandem.load(str(workdir)).step == 24
   steps = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl")]
   assert steps[:stopped] == list(range(1, stopped + 1))
   assert steps[stopped] == stopped + 1  # Continued where it stopped.
