@@ -367,7 +367,8 @@ def plot(summary: dict, path: str, title: str = "") -> None:
     xs = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(names))]
     ax.bar(xs, [100 * rows[n].get(c, np.nan) for n in names], width, label=c)
   ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
-  ax.set_ylabel("test top-1 (%)")
+  recall = any(c.startswith("retrieval") for c in columns)
+  ax.set_ylabel("test top-1, Recall@K for retrieval (%)" if recall else "test top-1 (%)")
   ax.set_ylim(0, 100)
   ax.set_title(title)
   if columns:  # Every evaluator skipped: an empty chart, no legend.
