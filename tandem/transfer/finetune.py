@@ -525,10 +525,16 @@ def finetune(pretrain_config, variables, train_images: np.ndarray,
   params_sharding = parallel.tree_shardings(params, rules, mesh)
   # Copies, never aliases of the caller's arrays, as the step donates its inputs
   # (`jax.device_put(..., may_alias=False)` still aliases one shard in jax 0.10).
-  # Through host memory: the caller's arrays may sit on any devices (`tandem.load`
-  # puts them on one), which a jitted copy onto the mesh would refuse.
-  copy = lambda tree, sharding: jax.device_put(
-      jax.tree.map(lambda x: np.array(x, copy=True), tree), sharding)
+  # Arrays already on the mesh's devices (pretraining's periodic evals, possibly
+  # across processes) are copied by a jitted identity; others (`tandem.load` puts
+  # them on one device, which that copy would refuse) through host memory.
+  def copy(tree, sharding):
+    on_mesh = all(isinstance(x, jax.Array) and x.sharding.device_set == s.device_set
+                  for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(sharding)))
+    if on_mesh:
+      return jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=sharding)(tree)
+    return jax.device_put(jax.tree.map(lambda x: np.array(x, copy=True), tree),
+                          sharding)
   params = copy(params, params_sharding)
   model_state = copy(model_state, parallel.tree_shardings(model_state, rules, mesh))
 
