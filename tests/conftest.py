@@ -29,23 +29,33 @@ def fake_fashion_mnist(directory, num_train: int = 320, num_test: int = 160, see
   return arrays
 
 
+def prepare_fake_fashion_mnist(idx_dir, data_dir, **sizes) -> str:
+  """Builds `fashion_mnist` in `data_dir` with the project's builder, from
+  `fake_fashion_mnist` files (`sizes`: num_train, num_test) written to `idx_dir`."""
+  from tandem.data import prepare  # pylint: disable=g-import-not-at-top
+  fake_fashion_mnist(str(idx_dir), **sizes)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("TANDEM_FASHION_MNIST_DIR", str(idx_dir))
+    prepare.prepare("fashion_mnist", str(data_dir))
+  return str(data_dir)
+
+
+def prepare_tiny_captioned_shapes(data_dir) -> str:
+  """Builds a small `captioned_shapes` (160/48/48 examples) in `data_dir`."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tandem.data import captioned_shapes  # pylint: disable=g-import-not-at-top
+  captioned_shapes.CaptionedShapes(
+      data_dir=str(data_dir), file_format="array_record",
+      split_sizes={"train": 160, "validation": 48, "test": 48}).download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return str(data_dir)
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
   """A data dir holding a small `fashion_mnist` built by the project's builder."""
-  from tandem.data import prepare  # pylint: disable=g-import-not-at-top
-  idx_dir = tmp_path_factory.mktemp("idx")
-  fake_fashion_mnist(str(idx_dir))
-  data_dir = tmp_path_factory.mktemp("tfds")
-  old = os.environ.get("TANDEM_FASHION_MNIST_DIR")
-  os.environ["TANDEM_FASHION_MNIST_DIR"] = str(idx_dir)
-  try:
-    prepare.prepare("fashion_mnist", str(data_dir))
-  finally:
-    if old is None:
-      del os.environ["TANDEM_FASHION_MNIST_DIR"]
-    else:
-      os.environ["TANDEM_FASHION_MNIST_DIR"] = old
-  return str(data_dir)
+  return prepare_fake_fashion_mnist(tmp_path_factory.mktemp("idx"),
+                                    tmp_path_factory.mktemp("tfds"))
 
 
 def pytest_configure(config):

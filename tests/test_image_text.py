@@ -7,11 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
+from conftest import prepare_tiny_captioned_shapes
 from numerics import numerical_grad
 from tandem import parallel
-from tandem.data import captioned_shapes
 from tandem.ssl import clip
 from tandem.ssl import siglip
 from tandem.ssl import train
@@ -222,12 +221,7 @@ def test_recall_counts_identical_caption_text_as_correct():
 
 @pytest.fixture(scope="module")
 def shapes_data_dir(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("shapes"))
-  captioned_shapes.CaptionedShapes(
-      data_dir=data_dir, file_format="array_record",
-      split_sizes={"train": 160, "validation": 48, "test": 48}).download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  return data_dir
+  return prepare_tiny_captioned_shapes(tmp_path_factory.mktemp("shapes"))
 
 
 @pytest.mark.parametrize("name", ["clip", "siglip"])

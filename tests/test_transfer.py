@@ -20,7 +20,7 @@ from tandem.transfer import linear_probe
 from tandem.transfer import protocol
 from tandem.transfer import run
 
-from conftest import fake_fashion_mnist
+from conftest import prepare_fake_fashion_mnist, prepare_tiny_captioned_shapes
 from test_train import ROOT, bt_config, load_config
 
 
@@ -246,18 +246,11 @@ def test_evaluators_are_callable_from_the_package():
 def image_text_setup(tmp_path_factory):
   """A CLIP runlocal checkpoint trained on a tiny captioned_shapes, and a data dir
   with that dataset (retrieval) and the tiny Fashion-MNIST (a task with class names)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from tandem.data import captioned_shapes  # pylint: disable=g-import-not-at-top
   data_dir = tmp_path_factory.mktemp("image_text_data")
-  idx_dir = tmp_path_factory.mktemp("idx_1000")  # VTAB's train800 + val200 fit.
-  fake_fashion_mnist(str(idx_dir), num_train=1000, num_test=100)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("TANDEM_FASHION_MNIST_DIR", str(idx_dir))
-    prepare.prepare("fashion_mnist", str(data_dir))
-  captioned_shapes.CaptionedShapes(
-      data_dir=str(data_dir), file_format="array_record",
-      split_sizes={"train": 160, "validation": 48, "test": 48}).download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  # 1,000 training examples: VTAB's train800 + val200 fit.
+  prepare_fake_fashion_mnist(tmp_path_factory.mktemp("idx_1000"), data_dir,
+                             num_train=1000, num_test=100)
+  prepare_tiny_captioned_shapes(data_dir)
   workdir = tmp_path_factory.mktemp("clip")
   config = load_config(os.path.join(ROOT, "configs/ssl/clip.py"), "runlocal")
   config.data_dir = str(data_dir)
