@@ -157,10 +157,10 @@ def test_nan_loss_stops_names_the_step_and_keeps_last_good_checkpoint(
 
 def test_refuses_to_resume_a_different_config_unless_told(tiny_data_dir, tmp_path):
   train.train(bt_config(tiny_data_dir), str(tmp_path))
-  other = bt_config(tiny_data_dir, **{"optimizer.lr": 0.5, "total_steps": 3})
-  with pytest.raises(train.ConfigMismatchError, match="optimizer.lr"):
+  other = bt_config(tiny_data_dir, **{"optimizer.lr_per_256": 0.5, "total_steps": 3})
+  with pytest.raises(train.ConfigMismatchError, match="optimizer.lr_per_256"):
     train.train(other, str(tmp_path))
-  assert json.load(open(tmp_path / "config.json"))["optimizer"]["lr"] != 0.5
+  assert json.load(open(tmp_path / "config.json"))["optimizer"]["lr_per_256"] != 0.5
   other.allow_config_change = True
   assert train.train(other, str(tmp_path))["step"] == 3
 
@@ -211,7 +211,7 @@ def test_evals_run_every_m_steps_and_share_features(tiny_data_dir, tmp_path,
                       lambda *a, **k: calls.append(1) or extract(*a, **k))
   train.train(bt_config(tiny_data_dir, **{"evals.every": 1}), str(tmp_path))
   records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  for key in ("linear_probe/pre_logits/test_top1", "fewshot/pre_logits/5shot_top1",
+  for key in ("linear_probe/pre_logits/test_top1", "fewshot/pre_logits/5shot_top1_mean",
               "knn/pre_logits/knn_k20_T0.07_top1"):
     assert [r["step"] for r in records if key in r] == [1, 2], key
   # Train and test features once per evaluation, shared by the three evaluators.

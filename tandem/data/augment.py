@@ -50,6 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tandem import random_streams
+
 _LUMA = (0.299, 0.587, 0.114)
 _CROP_TRIALS = 10
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -85,9 +87,10 @@ def two_views(rng: jax.Array, images_uint8: jax.Array,
               aug_cfg: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
   """Two independently augmented float views in [0, 1] of a uint8 [B, H, W, C] batch."""
   images = images_uint8.astype(jnp.float32) / 255.0
-  rng1, rng2 = jax.random.split(rng)
-  return (augment_view(rng1, images, aug_cfg["view1"]),
-          augment_view(rng2, images, aug_cfg["view2"]))
+  return (augment_view(random_streams.stream(rng, "augment/view1"), images,
+                       aug_cfg["view1"]),
+          augment_view(random_streams.stream(rng, "augment/view2"), images,
+                       aug_cfg["view2"]))
 
 
 def augment_view(rng: jax.Array, images: jax.Array, cfg: Mapping[str, Any]) -> jax.Array:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from tandem import random_streams
 from tandem.ssl import siamese
 
 
@@ -69,6 +70,14 @@ def mixup_regularizer(z1, z2, zm, perm, alpha, eps: float = 1e-5):
   return total
 
 
+def mixing(rng, n: int, beta: float):
+  """Mixed Barlow Twins' permutation of the batch and α ~ Beta(beta, beta), each
+  from its own named stream of the step's key (never the views' keys)."""
+  perm = jax.random.permutation(random_streams.stream(rng, "mixup/permutation"), n)
+  alpha = jax.random.beta(random_streams.stream(rng, "mixup/alpha"), beta, beta)
+  return perm, alpha
+
+
 def make_model(config) -> siamese.Model:
   return siamese.make_model(config, config.barlow_twins.projector_dims)
 
@@ -86,9 +95,7 @@ def make_loss_fn(model: siamese.Model, config):
     (z1, z2), state = siamese.encode(model, params, model_state, views)
     loss, metrics = barlow_twins_loss(z1, z2, lambd=bt.lambd)
     if mixup_scale:
-      perm_rng, alpha_rng = jax.random.split(jax.random.fold_in(rng, 1))
-      perm = jax.random.permutation(perm_rng, z1.shape[0])
-      alpha = jax.random.beta(alpha_rng, bt.mixup_beta, bt.mixup_beta)
+      perm, alpha = mixing(rng, z1.shape[0], bt.mixup_beta)
       mixed = alpha * views[0] + (1.0 - alpha) * views[1][perm]
       (zm,), state = siamese.encode(model, params, state, [mixed])
       mix = mixup_scale * bt.lambd * mixup_regularizer(z1, z2, zm, perm, alpha)

@@ -65,29 +65,25 @@ def get_base_config(arg, objective: str, *, default_model: str = "cnn"):
 
   config.model_name, config.model = backbone(arg.model, small, arg.runlocal)
 
-  # Augmentations (tandem.data.augment), BYOL-style asymmetric views.
-  rgb = data["channels"] == 3
-  view = dict(crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
-              jitter_prob=0.8, brightness=0.4, contrast=0.4,
-              saturation=0.2 if rgb else 0.0, hue=0.1 if rgb else 0.0,
-              grayscale_prob=0.2 if rgb else 0.0, blur_prob=1.0,
-              blur_sigma=(0.1, 2.0), blur_kernel_frac=0.1, solarize_prob=0.0,
-              solarize_threshold=0.5)
-  config.aug = dict(view1=dict(view), view2=dict(view, blur_prob=0.1, solarize_prob=0.2))
-  if small:
-    for v in ("view1", "view2"):
-      config.aug[v].crop_scale = (0.2, 1.0)
-      config.aug[v].blur_sigma = (0.1, 1.0)
+  # Augmentations (tandem.data.augment): BYOL's asymmetric views, which Barlow Twins
+  # uses; SimCLR's config replaces them with its own (configs/ssl/simclr.py).
+  config.aug = byol_views(rgb=data["channels"] == 3, small=small)
 
   if small:
+    # This project's CPU recipe (docs/PROTOCOLS.md, "CPU presets"): AdamW suits the
+    # 1,800-step schedule on 2 cores better than LARS; measured in README.
     config.total_steps = 1800  # About 7.7 epochs of Fashion-MNIST at batch 256.
-    config.optimizer = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.999,
+    config.optimizer = dict(name="adamw", lr_per_256=1e-3, b1=0.9, b2=0.999,
                             weight_decay=1e-4, grad_clip_norm=0.0)
     config.schedule = dict(warmup_steps=100, end_factor=0.0)
   else:
+    # Barlow Twins (Zbontar et al. 2021, Sec. 4 "Implementation details" and the
+    # authors' main.py): LARS, batch 2048, lr 0.2 (weights) and 0.0048 (biases and
+    # BN) x batch/256, wd 1.5e-6, 1000 epochs, 10 of warm-up, cosine to 0.001 x peak.
     config.total_steps = 1000 * 1281167 // 2048  # 1000 epochs.
-    config.optimizer = dict(name="lars", lr=0.2, bias_lr=0.0048, weight_decay=1.5e-6,
-                            momentum=0.9, trust_coefficient=0.001, grad_clip_norm=0.0)
+    config.optimizer = dict(name="lars", lr_per_256=0.2, bias_lr_per_256=0.0048,
+                            weight_decay=1.5e-6, momentum=0.9, trust_coefficient=0.001,
+                            grad_clip_norm=0.0)
     config.schedule = dict(warmup_steps=10 * 1281167 // 2048, end_factor=0.001)
 
   # Device mesh ({axis: size}, -1 = the rest) and parameter partition rules
@@ -114,6 +110,36 @@ def get_base_config(arg, objective: str, *, default_model: str = "cnn"):
   if arg.runlocal:
     shrink_for_runlocal(config)
   return config, arg, small
+
+
+def byol_views(*, rgb: bool, small: bool) -> dict:
+  """BYOL's two asymmetric views (Grill et al. 2020, Table 6), as Barlow Twins uses
+  them (Zbontar et al. 2021, Appendix / the authors' `Transform`): crop (0.08, 1),
+  flip 0.5, colour jitter (0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale 0.2, blur p 1.0 /
+  0.1, solarize p 0 / 0.2. On one-channel data saturation, hue and grayscale are 0
+  (they are no-ops there anyway). `small`: see `small_dataset_views`."""
+  view = dict(crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
+              jitter_prob=0.8, brightness=0.4, contrast=0.4,
+              saturation=0.2 if rgb else 0.0, hue=0.1 if rgb else 0.0,
+              grayscale_prob=0.2 if rgb else 0.0, blur_prob=1.0,
+              blur_sigma=(0.1, 2.0), blur_kernel_frac=0.1, solarize_prob=0.0,
+              solarize_threshold=0.5)
+  views = dict(view1=view, view2=dict(view, blur_prob=0.1, solarize_prob=0.2))
+  return small_dataset_views(views) if small else views
+
+
+def small_dataset_views(views: dict) -> dict:
+  """The 28x28 / 32x32 presets change two ImageNet settings, deliberately:
+  - crop scale (0.2, 1) instead of (0.08, 1): an 8% crop of a 28-pixel image is
+    ~8x8 pixels, too little of the object to match the other view (the CIFAR
+    recipes of solo-learn and Mixed Barlow Twins use a larger minimum for the same
+    reason);
+  - blur sigma (0.1, 1) instead of (0.1, 2): the kernel is 3 pixels wide at this
+    size (10% of the side, made odd), and sigma 2 over 3 pixels flattens the image
+    to its local mean.
+  """
+  return {k: dict(v, crop_scale=(0.2, 1.0), blur_sigma=(0.1, 1.0))
+          for k, v in views.items()}
 
 
 def shrink_for_runlocal(config) -> None:

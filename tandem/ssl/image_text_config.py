@@ -93,13 +93,27 @@ def get_image_text_config(arg, objective: str):
   if small:  # Sized for 2 CPU cores: ~4 epochs of captioned_shapes' 20,000 pairs.
     config.input.batch_size = 128
     config.total_steps = 600
-    config.optimizer = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.98,
+    config.optimizer = dict(name="adamw", lr_per_256=1e-3, b1=0.9, b2=0.98,
                             weight_decay=1e-4, grad_clip_norm=0.0)
     config.schedule = dict(warmup_steps=50, end_factor=0.0)
-  else:  # CLIP's ViT-B/32 recipe: 32 epochs of 400M pairs at batch 32k.
+  elif objective == "siglip":
+    # SigLIP (Zhai et al. 2023, Sec. 4): batch 32k, lr 1e-3 and weight decay 1e-4,
+    # beta2 0.95 for stable large-batch training. big_vision's weight decay is
+    # decoupled from the lr (big_vision/optax.py adds wd x params after the lr
+    # scale), optax's adamw multiplies it by the lr: 1e-4 / 1e-3 = 0.1 here.
+    # Warm-up: CLIP's 2,000 steps (not a SigLIP paper value).
     config.total_steps = 32 * 400_000_000 // 32768
-    config.optimizer = dict(name="adamw", lr=5e-4, b1=0.9, b2=0.98,
-                            weight_decay=0.2, grad_clip_norm=0.0)
+    config.optimizer = dict(name="adamw", lr_abs=1e-3, b1=0.9, b2=0.95,
+                            eps=1e-8, weight_decay=0.1, grad_clip_norm=0.0)
+    config.schedule = dict(warmup_steps=2000, end_factor=0.0)
+  else:
+    # CLIP's ViT-B/32 recipe (Radford et al. 2021, Tables 19-20): batch 32,768,
+    # 32 epochs of 400M pairs, lr 5e-4 as is (not per 256), Adam beta2 0.98 and
+    # eps 1e-6 for ViTs, decoupled weight decay 0.2 (PyTorch AdamW, multiplied by
+    # the lr as optax's), 2,000 warm-up steps, cosine.
+    config.total_steps = 32 * 400_000_000 // 32768
+    config.optimizer = dict(name="adamw", lr_abs=5e-4, b1=0.9, b2=0.98,
+                            eps=1e-6, weight_decay=0.2, grad_clip_norm=0.0)
     config.schedule = dict(warmup_steps=2000, end_factor=0.0)
 
   config.mesh = dict(data=-1, fsdp=1, model=1)

@@ -40,6 +40,7 @@ import numpy as np
 
 from tandem import models
 from tandem import parallel
+from tandem import random_streams
 from tandem.data import augment
 from tandem.data import preprocess
 from tandem.models import vit
@@ -185,7 +186,8 @@ def make_loss_fn(model: Model, config):
   norm_pix_loss = config.mae.norm_pix_loss
 
   def loss_fn(params, model_state, batch, rng):
-    aug_rng, mask_rng = jax.random.split(rng)
+    aug_rng = random_streams.stream(rng, "augment/view")
+    mask_rng = random_streams.stream(rng, "mae/mask")
     x = _normalized(batch["image"], config, aug_rng)
     out = model.apply({"params": params, **model_state}, x, train=True,
                       mask_rng=mask_rng)

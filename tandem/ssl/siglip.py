@@ -4,14 +4,15 @@ Every (image i, text j) pair of the GLOBAL batch is an independent binary
 classification with logit  t · zimg_i·ztxt_j + b  and label z_ij = +1 on the
 diagonal (matching pairs), −1 elsewhere:
 
-    L = −mean_{i,j} log σ(z_ij · (t · zimg_i·ztxt_j + b)),
+    L = −(1/N) Σ_{i,j} log σ(z_ij · (t · zimg_i·ztxt_j + b)),
 
 with t = exp(t') learned (t' initialised to log 10, `temperature_init` = 10) and
 the bias b learned (initialised to −10, so that the many negatives start near
-σ(−10) and the loss is not swamped by them). No softmax over the batch. Choice:
-the mean over all N² pairs (PROTOCOLS.md); the paper and big_vision sum over j and
-average over i, i.e. N times this value, a constant factor that Adam-type
-optimisers are invariant to (up to epsilon). Written on the globally sharded
+σ(−10) and the loss is not swamped by them). No softmax over the batch. The sum
+over all N² pairs is divided by the batch size N, as in the paper's Algorithm 1
+(and big_vision's `sum(axis=-1).mean()`), not averaged over the N² pairs: the mean
+would make the gradients N times smaller (32,768× at the paper's batch), close to
+AdamW's epsilon (docs/PROTOCOLS.md, "SigLIP"). Written on the globally sharded
 arrays, so it equals the single-device value. The model is in
 `tandem/ssl/image_text.py`.
 """
@@ -31,7 +32,7 @@ def siglip_loss(zimg, ztxt, t, b):
   logits = scale * zimg.astype(jnp.float32) @ ztxt.astype(jnp.float32).T + b
   n = logits.shape[0]
   signs = 2.0 * jnp.eye(n) - 1.0
-  loss = -jnp.mean(jax.nn.log_sigmoid(signs * logits))
+  loss = -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / n
   return loss, {"logit_scale": scale, "logit_bias": b,
                 **image_text.retrieval_top1(logits)}
 

@@ -10,7 +10,8 @@ checkpoint → evals → loop. The objective is looked up by name
 `loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))`,
 and optionally `init_inputs(config)`: the example inputs `model.init` is called with
 (default: one image batch of the config's size), e.g. images and tokens for
-image-text models. Batches are dicts of arrays sharded over the batch axes: "image"
+image-text models, and `param_bounds(config)`: {top-level param name: (low, high)}
+boxes the parameters are clamped into after each update (CLIP's logit scale). Batches are dicts of arrays sharded over the batch axes: "image"
 (uint8) and "label", plus "text" tokens when `config.input.text` is set.
 
 Evaluators are the dict-valued entries of `config.evals`: entry NAME is run by
@@ -211,6 +212,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = objective.make_model(config)
   loss_fn = objective.make_loss_fn(model, config)
   tx, lr_schedule = optimizers.make_optimizer(config)
+  if hasattr(objective, "param_bounds"):
+    tx = optax.chain(tx, optimizers.clamp_params(objective.param_bounds(config)))
   init_inputs = getattr(objective, "init_inputs", default_init_inputs)(config)
   init = make_init_fn(model, tx, config, init_inputs)
 
@@ -243,7 +246,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     params, state, data_state = ckpt.restore(
         resumed_step, jax.tree.map(with_sharding, abstract_params, params_sharding),
         jax.tree.map(with_sharding, abstract_state, state_sharding))
-    captions_truncated = data_state.pop("captions_truncated", 0)
+    # Saved as the total over processes: it restarts on process 0 alone.
+    truncated_total = data_state.pop("captions_truncated", 0)
+    captions_truncated = truncated_total if jax.process_index() == 0 else 0
     train_iter.set_state(data_state)
   first_step = int(state["step"])
 
@@ -300,7 +305,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           "Lower the learning rate or check the inputs, then resume from it.")
     data_state = train_iter.get_state()
     if "text" in config.input:
-      data_state = {**data_state, "captions_truncated": captions_truncated}
+      data_state = {**data_state,
+                    "captions_truncated": _sum_over_processes(captions_truncated)}
     ckpt.save(step, params, state, data_state=data_state)
 
   # --- Loop -----------------------------------------------------------------------
