@@ -295,16 +295,16 @@ def test_train_iterator_reshuffles_each_epoch(fake_fmnist):
   assert not np.array_equal(first, second)
 
 
-def test_processes_see_disjoint_examples(fake_fmnist):
+def test_processes_read_slices_of_the_global_batch(fake_fmnist):
   _, data_dir = fake_fmnist
-  seen = []
-  for index in range(2):
-    it = _iterator(data_dir, process_index=index, process_count=2)
-    batches = _take(it, NUM_TRAIN // 10)  # one epoch of this process's shard
-    assert batches[0]["image"].shape[0] == 5  # global 10 over 2 processes
-    seen.append(set(np.concatenate([_ids(b["image"]) for b in batches])))
-  assert not seen[0] & seen[1]
-  assert seen[0] | seen[1] == set(range(NUM_TRAIN))
+  whole = _take(_iterator(data_dir), 6)  # crosses the epoch boundary at batch 5
+  halves = [_take(_iterator(data_dir, process_index=i, process_count=2), 6)
+            for i in range(2)]
+  for batch, first, second in zip(whole, *halves):
+    assert first["image"].shape[0] == second["image"].shape[0] == 5
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(
+          np.concatenate([first[key], second[key]]), batch[key])
   with pytest.raises(ValueError, match="divisible"):
     _iterator(data_dir, global_batch_size=10, process_count=3, process_index=0)
 
@@ -330,6 +330,23 @@ def test_finite_epochs(fake_fmnist):
   sizes = [len(b["label"]) for b in _iterator(
       data_dir, global_batch_size=8, num_epochs=2)]
   assert sizes == [8] * (2 * NUM_TRAIN // 8)
+  # Processes split the last, partial global batch (2 * 50 % 8 = 4) evenly.
+  whole = list(_iterator(data_dir, global_batch_size=8, num_epochs=2,
+                         drop_remainder=False))
+  halves = [list(_iterator(data_dir, global_batch_size=8, num_epochs=2,
+                           drop_remainder=False, process_index=i, process_count=2))
+            for i in range(2)]
+  assert [len(b["label"]) for b in halves[1]] == [4] * 12 + [2]
+  for batch, first, second in zip(whole, *halves, strict=True):
+    np.testing.assert_array_equal(
+        np.concatenate([first["image"], second["image"]]), batch["image"])
+  # 50 % 8 = 2 examples cannot go to 4 processes: dropped, or an error.
+  sizes = [len(b["label"]) for b in _iterator(
+      data_dir, global_batch_size=8, num_epochs=1, process_index=3, process_count=4)]
+  assert sizes == [2] * (NUM_TRAIN // 8)
+  with pytest.raises(ValueError, match="cannot be split over 4 processes"):
+    _iterator(data_dir, global_batch_size=8, num_epochs=1, drop_remainder=False,
+              process_index=0, process_count=4)
 
 
 # --- PNG and image ops --------------------------------------------------------

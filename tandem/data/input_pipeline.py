@@ -3,9 +3,9 @@
 Reads any TFDS dataset prepared as array_record (ours or TFDS's own) through
 `tfds.data_source` and feeds it with grain:
 
-  grain.MapDataset.range(num_batches)            # batch numbers 0, 1, 2, ...
-    .map(batch -> example indices                # this process's shard, reshuffled
-                  -> one batched read            #   every epoch, seeded
+  grain.MapDataset.range(num_batches)            # global batch numbers 0, 1, 2, ...
+    .map(batch -> example indices                # this process's slice of the
+                  -> one batched read            #   global batch, seeded
                   -> decode + resize + channels) # vectorised over the batch
     .to_iter_dataset(ReadOptions(threads))       # prefetch on threads
 
@@ -18,9 +18,17 @@ call (`image_ops`). The iterator's whole state is still one integer (grain's
 `next_index`), so `get_state()`/`set_state()` resume exactly. Augmentation is not
 done here: it runs on device, inside the jitted step.
 
-Sharding: each process owns the examples `process_index::process_count` of the split
-and shuffles only those, so processes never see the same example; the per-process
-batch is `global_batch_size // process_count`.
+Sharding: the global batches do not depend on the number of processes P. The
+stream is the whole split, epoch after epoch, each epoch in one permutation drawn
+from (seed, epoch); global batch b is positions [b*G, (b+1)*G) of that stream (G =
+`global_batch_size`; batches run across epoch boundaries), and process p reads the
+contiguous slice [p*G/P, (p+1)*G/P) of each one. Processes therefore see disjoint
+examples within a step, and examples stored next to each other are no more likely
+than any other pair to share a batch (a per-process shard `p::P` shuffled with a
+shared seed put each block of P stored neighbours into one global batch, every
+epoch). The state is the global batch number, so a checkpoint resumes the same
+stream with any number of processes. Each process computes the whole permutation
+(8 bytes per example, once per epoch) and looks up only its slice.
 
 `load_arrays` reads a whole split into memory (linear-probe evaluation) with the same
 decoding and the same `image_ops`.
@@ -30,10 +38,11 @@ tokenizer=..., max_len=...))` adds "text" (int32 [B, max_len] token ids) and
 "text_truncated" (bool [B]) to each batch. The caption is a dataset's Text feature
 ("caption", or one of several: "captions/text", see `records.py`), or, with
 `feature=None`, a class-name prompt made from the label (`captions.py`). Which
-caption or prompt is drawn comes from (seed, process, batch number) alone, so
-resuming from `get_state()` reproduces the same batches. Datasets without a label
-feature (coco_captions) have no "label" key in their batches. `load_image_text`
-reads a whole split with all its captions, for retrieval and zero-shot evaluation.
+caption or prompt is drawn comes from (seed, global batch number, position in the
+global batch) alone, so resuming from `get_state()` reproduces the same batches,
+with any number of processes. Datasets without a label feature (coco_captions) have
+no "label" key in their batches. `load_image_text` reads a whole split with all its
+captions, for retrieval and zero-shot evaluation.
 """
 import concurrent.futures
 import functools
@@ -113,38 +122,45 @@ def _raw_source(name: str, split: str, data_dir: str | None):
       deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
 
 
-class _ShuffledBatchIndices:
-  """Batch number -> example indices, for an endless stream of reshuffled epochs.
+class _GlobalBatchSlices:
+  """Global batch number -> (example indices of this process's slice, its offset).
 
-  The stream is this process's shard, epoch after epoch, each epoch in its own
-  permutation drawn from (seed, epoch); batch b is positions [b*B, (b+1)*B) of the
-  stream, so batches run across epoch boundaries (as `repeat().batch()` would).
-  Computed with one vectorised lookup per batch rather than per example.
+  The stream is the whole split, epoch after epoch, each epoch in its own
+  permutation drawn from (seed, epoch); global batch b is positions [b*G, (b+1)*G)
+  of the stream, so batches run across epoch boundaries (as `repeat().batch()`
+  would). Process p of P reads positions [p*G/P, (p+1)*G/P) of each global batch;
+  a last, partial global batch of R examples (`num_examples` reached) is split the
+  same way into P slices of R/P. Only the slice depends on p and P. Computed with
+  one vectorised lookup per batch rather than per example.
   """
 
-  def __init__(self, shard: np.ndarray, batch_size: int, seed: int,
-               num_examples: int | None):
-    self._shard = shard
-    self._batch_size = batch_size
+  def __init__(self, num_source: int, global_batch_size: int, seed: int,
+               num_examples: int | None, process_index: int, process_count: int):
+    self._num_source = num_source
+    self._global_batch_size = global_batch_size
     self._seed = seed
     self._num_examples = num_examples  # total over all epochs; None = endless
+    self._process_index = process_index
+    self._process_count = process_count
 
   @functools.lru_cache(maxsize=4)
   def _permutation(self, epoch: int) -> np.ndarray:
-    rng = np.random.default_rng([self._seed, epoch])
-    return self._shard[rng.permutation(len(self._shard))]
+    return np.random.default_rng([self._seed, epoch]).permutation(self._num_source)
 
-  def __call__(self, batch: int) -> np.ndarray:
-    start = batch * self._batch_size
-    stop = start + self._batch_size
+  def __call__(self, batch: int) -> tuple[np.ndarray, int]:
+    start = batch * self._global_batch_size
+    size = self._global_batch_size
     if self._num_examples is not None:
-      stop = min(stop, self._num_examples)
-    epochs, offsets = np.divmod(np.arange(start, stop), len(self._shard))
-    indices = np.empty(stop - start, np.int64)
+      size = min(size, self._num_examples - start)
+    local_size = size // self._process_count
+    offset = self._process_index * local_size
+    positions = np.arange(start + offset, start + offset + local_size)
+    epochs, in_epoch_positions = np.divmod(positions, self._num_source)
+    indices = np.empty(local_size, np.int64)
     for epoch in np.unique(epochs):
       in_epoch = epochs == epoch
-      indices[in_epoch] = self._permutation(int(epoch))[offsets[in_epoch]]
-    return indices
+      indices[in_epoch] = self._permutation(int(epoch))[in_epoch_positions[in_epoch]]
+    return indices, offset
 
 
 _TEXT_KEYS = ("feature", "tokenizer", "max_len")
@@ -152,13 +168,15 @@ _TEXT_SEED_SALT = 0x74657874  # keeps caption draws apart from the shuffle's str
 
 
 class _Captions:
-  """Decoded batch and its number -> {"text": int32 [B, L], "text_truncated": [B]}.
+  """Decoded slice of a global batch -> {"text": int32 [B, L], "text_truncated": [B]}.
 
-  Draws one caption per example (or a class-name prompt from the label) from an rng
-  seeded by (seed, process_index, batch), then tokenizes.
+  Draws one caption per example uniformly among its captions (or among its class's
+  prompts, `captions.prompts`, made from the label), then tokenizes. The draws of
+  global batch b are one stream seeded by (seed, b), with global position i taking
+  its i-th draw, so they do not depend on how the batch is split over processes.
   """
 
-  def __init__(self, text: Any, dataset: str, seed: int, process_index: int):
+  def __init__(self, text: Any, dataset: str, seed: int):
     text = dict(text)
     unknown = set(text) - set(_TEXT_KEYS)
     if unknown:
@@ -169,28 +187,34 @@ class _Captions:
     self.feature = text.get("feature") or None
     self._tokenizer = tokenizer_lib.get_tokenizer(text.get("tokenizer") or "bytes")
     self._max_len = int(text["max_len"])
-    self._dataset = dataset
-    self._seed = (_TEXT_SEED_SALT, seed, process_index)
-    if self.feature is None:
-      captions_lib.class_names(dataset)  # fail now, not in a reader thread
+    self._seed = (_TEXT_SEED_SALT, seed)
+    # Fails now, not in a reader thread, for datasets without class names.
+    self._prompts = (captions_lib.prompts(dataset) if self.feature is None
+                     else None)
 
-  def __call__(self, decoded: dict[str, Any], batch: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng([*self._seed, batch])
+  def __call__(self, decoded: dict[str, Any], batch: int,
+               offset: int) -> dict[str, np.ndarray]:
+    # `sample_texts` takes one uniform double, i.e. one 64-bit PCG64 output, per
+    # example: advancing by `offset` outputs gives the example at global position
+    # offset + j the j-th draw after them, as if the whole batch were drawn here.
+    rng = np.random.Generator(np.random.PCG64([*self._seed, batch]).advance(offset))
     if self.feature is None:
-      texts = captions_lib.label_captions(decoded["label"], self._dataset, rng)
+      texts = [self._prompts[label] for label in decoded["label"]]
     else:
-      texts = records.sample_texts(decoded["texts"], rng)
-    ids, truncated = self._tokenizer.encode_batch(texts, self._max_len)
+      texts = decoded["texts"]
+    ids, truncated = self._tokenizer.encode_batch(
+        records.sample_texts(texts, rng), self._max_len)
     return {"text": ids, "text_truncated": truncated}
 
 
 class _ReadBatch:
-  """Batch number -> {"image": uint8 NHWC, "label": int32 N[, "text", ...]}."""
+  """Global batch number -> this process's slice of it, as
+  {"image": uint8 NHWC, "label": int32 N[, "text", ...]}."""
 
-  def __init__(self, source, batch_indices: _ShuffledBatchIndices,
+  def __init__(self, source, batch_slices: _GlobalBatchSlices,
                image_size: int, channels: int, captions: _Captions | None = None):
     self._source = source
-    self._batch_indices = batch_indices
+    self._batch_slices = batch_slices
     self._decoder = records.ExampleDecoder(
         source.dataset_info, captions.feature if captions else None)
     self._image_size = image_size
@@ -198,14 +222,15 @@ class _ReadBatch:
     self._captions = captions
 
   def __call__(self, batch: int) -> dict[str, np.ndarray]:
-    raw = self._source.__getitems__(self._batch_indices(batch).tolist())
+    indices, offset = self._batch_slices(batch)
+    raw = self._source.__getitems__(indices.tolist())
     if self._captions is None:
       images, labels = self._decoder.decode_batch(raw, self._image_size,
                                                   self._channels)
       return {"image": images, "label": labels}
     decoded = self._decoder.decode(raw, self._image_size, self._channels)
     out = {k: v for k, v in decoded.items() if k != "texts"}
-    out.update(self._captions(decoded, batch))
+    out.update(self._captions(decoded, batch, offset))
     return out
 
 
@@ -226,19 +251,31 @@ def make_train_iterator(
     prefetch_batches: int = 4,
     text: dict | None = None,
 ) -> grain.DatasetIterator:
-  """Iterator of this process's batches, with `get_state()`/`set_state(state)`.
+  """Iterator of this process's slices of the global batches, with
+  `get_state()`/`set_state(state)`.
 
   Yields {"image": uint8 [B, image_size, image_size, channels], "label": int32 [B]}
-  with B = global_batch_size // process_count. Repeats forever unless `num_epochs`
-  (then `drop_remainder` decides the last, smaller batch). `process_index` and
-  `process_count` default to JAX's; pass them to simulate other processes.
+  with B = global_batch_size // process_count. The global batches depend only on
+  (dataset, split, seed, global_batch_size): each epoch is one permutation of the
+  split drawn from (seed, epoch), global batch b is positions [b*G, (b+1)*G) of the
+  epochs one after another, and process p yields the contiguous slice
+  [p*B, (p+1)*B) of it. The state is {"next_index": global batch number}, so it
+  can be restored with a different `process_count` and continues the same stream.
+  `process_index` and `process_count` default to JAX's; pass them to simulate
+  other processes.
+
+  Repeats forever unless `num_epochs`: then the stream holds num_epochs * len(split)
+  examples, and its last, partial global batch of R < G examples is dropped
+  (`drop_remainder`) or split into P slices of R/P (ValueError when R is not
+  divisible by P).
 
   `text` (a dict or ConfigDict) makes image-text batches: `feature` is the caption's
   Text feature path ("caption", "captions/text"), or None/"" for class-name prompts
-  from the label (`captions.label_captions`); `tokenizer` a `tokenizer.get_tokenizer`
+  from the label (`captions.prompts`); `tokenizer` a `tokenizer.get_tokenizer`
   spec (default "bytes"); `max_len` the token length. Batches then also hold "text"
   int32 [B, max_len] and "text_truncated" bool [B]; "label" only if the dataset has
-  a label feature.
+  a label feature. Which caption or prompt an example gets depends on (seed, global
+  batch number, its position in the global batch), not on the processes.
   """
   if process_index is None:
     process_index = jax.process_index()
@@ -249,24 +286,29 @@ def make_train_iterator(
   if global_batch_size % process_count:
     raise ValueError(f"global_batch_size {global_batch_size} is not divisible by"
                      f" the number of processes {process_count}.")
-  local_batch_size = global_batch_size // process_count
   source = _raw_source(name, split, data_dir)
-  if len(source) < process_count:
-    raise ValueError(f"{name} {split} has {len(source)} examples, fewer than"
-                     f" {process_count} processes.")
+  if not len(source):
+    raise ValueError(f"{name} {split} is empty.")
 
-  shard = np.arange(process_index, len(source), process_count)
   if num_epochs is None:
     num_examples, num_batches = None, sys.maxsize
   else:
-    num_examples = num_epochs * len(shard)
-    num_batches = (num_examples // local_batch_size if drop_remainder
-                   else -(-num_examples // local_batch_size))
-  batch_indices = _ShuffledBatchIndices(shard, local_batch_size, seed, num_examples)
-  captions = (None if text is None
-              else _Captions(text, name, seed, process_index))
+    num_examples = num_epochs * len(source)
+    remainder = num_examples % global_batch_size
+    num_batches = num_examples // global_batch_size
+    if remainder and not drop_remainder:
+      if remainder % process_count:
+        raise ValueError(
+            f"The last global batch ({num_epochs} epochs of {len(source)} examples"
+            f" in batches of {global_batch_size}) has {remainder} examples, which"
+            f" cannot be split over {process_count} processes; set drop_remainder"
+            " or change num_epochs or the batch size.")
+      num_batches += 1
+  batch_slices = _GlobalBatchSlices(len(source), global_batch_size, seed,
+                                    num_examples, process_index, process_count)
+  captions = None if text is None else _Captions(text, name, seed)
   ds = grain.MapDataset.range(num_batches).map(
-      _ReadBatch(source, batch_indices, image_size, channels, captions))
+      _ReadBatch(source, batch_slices, image_size, channels, captions))
   read_options = grain.ReadOptions(num_threads=num_threads,
                                    prefetch_buffer_size=prefetch_batches)
   return iter(ds.to_iter_dataset(read_options))
