@@ -37,7 +37,7 @@ def test_fewshot_ridge_equals_numpy_closed_form(n):
   solver = fewshot.RidgeSolver(x, y, 5)
   x64 = x.astype(np.float64)
   xw = (x64 - x64.mean(0)) / (x64.std(0) + 1e-5)
-  xw = np.concatenate([xw, np.ones((n, 1))], 1)
+  xw = np.concatenate([xw, np.full((n, 1), 100.0)], 1)  # big_vision's BIAS_CONSTANT
   targets = 2 * np.eye(5)[y] - 1
   for l2 in (0.5, 2.0 ** 10):
     ref = np.linalg.solve(xw.T @ xw + l2 * np.eye(65), xw.T @ targets)
@@ -53,7 +53,7 @@ def test_fewshot_end_to_end_matches_reference_and_never_uses_test_for_l2():
     assert sorted(np.bincount(y[idx])) == [5] * 6
     xs = x[idx]
     mean, std = xs.mean(0), xs.std(0) + 1e-5
-    prep = lambda a: np.concatenate([(a - mean) / std, np.ones((len(a), 1))], 1)
+    prep = lambda a: np.concatenate([(a - mean) / std, np.full((len(a), 1), 100.0)], 1)
     w = np.linalg.solve(prep(xs).T @ prep(xs) + l2 * np.eye(33),
                         prep(xs).T @ (2 * np.eye(6)[y[idx]] - 1))
     assert top1 == pytest.approx(np.mean(np.argmax(prep(tx) @ w, 1) == ty))

@@ -1,19 +1,32 @@
 """Few-shot linear transfer by closed-form ridge regression (big_vision's fewshot_lsr).
 
-For each number of shots s and each seed:
+Follows google-research/big_vision, big_vision/evaluators/fewshot_lsr.py
+(`_precompute_cache`, `_eig_fewshot_acc_fn`), except where marked. For each number
+of shots s and each seed:
 1. Draw s examples per class from the training pool (seeded, without replacement).
-2. Whiten with the few-shot set's own per-feature mean and std (+1e-5), append a
-   constant 1 column (the bias, regularised like the other weights as in big_vision),
-   and use one-hot targets mapped to {-1, +1}.
+   big_vision permutes each class once per seed and takes the first s, so its shot
+   sets are nested; we draw every s independently.
+2. Whiten with the few-shot set's own per-feature mean and std (+1e-5; test features
+   with the same statistics) and append a constant column of `BIAS_CONSTANT` = 100
+   (big_vision's BIAS_CONSTANT, "large so it's almost unregularized"): the bias is
+   β = 100·w_bias, so the ridge penalty λ‖W‖² charges it λβ²/10⁴, 10⁴ times less
+   than a feature weight of the same size. Targets: one-hot mapped to {-1, +1}.
+   Whitening centres every column on the few-shot set, so the bias decouples from
+   the feature weights; with s examples of every class it is the same for every
+   class and cannot change a prediction (up to round-off). It matters for
+   unbalanced sets (`RidgeSolver` on any labels), where it carries the class prior.
 3. Solve ridge regression W = (XᵀX + λI)⁻¹ XᵀY through one eigendecomposition of XᵀX
    (or of XXᵀ when there are fewer examples than dimensions: W = Xᵀ(XXᵀ + λI)⁻¹Y), so
    every λ of the sweep costs two small matrix products.
-4. Choose λ from `l2_grid` on held-out TRAINING examples: the pool examples not
-   drawn into the few-shot set (at most `num_heldout` of them, seeded). big_vision
-   fixes λ = 2^10 instead; we select it, never on test. Ties go to the larger λ.
+4. Choose λ from `l2_grid` (2^-6 ... 2^20) on held-out TRAINING examples: the pool
+   examples not drawn into the few-shot set (at most `num_heldout` of them, seeded).
+   Ties go to the larger λ. Deviation: big_vision fixes λ = 2^10
+   (big_vision/configs/common_fewshot.py: `l2_reg = 2.0 ** 10`, 3 seeds, shots
+   1/5/10/25); we select it, never on test.
 5. Predict the test set with the chosen λ; report top-1.
-Results are mean ± std (population std, ddof=0) over the seeds, with each seed's
-chosen λ.
+big_vision logs each seed separately (`..._{s}shot-seed-{seed}`); we report every
+seed and the mean ± std (population std, ddof=0, as the suite runner's summary) over
+seeds, with each seed's chosen λ.
 
 Errors rather than wrong numbers: a class with fewer than s examples in the pool
 raises `NotEnoughExamplesError`; so does a pool with nothing left to hold out.
@@ -31,6 +44,9 @@ DEFAULT_SHOTS = (1, 5, 10, 25)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_L2_GRID = tuple(float(2.0 ** k) for k in range(-6, 21))
 DEFAULT_NUM_HELDOUT = 2000
+# big_vision's BIAS_CONSTANT: the bias column's value, large so that the bias is
+# almost unregularised by the ridge penalty.
+BIAS_CONSTANT = 100.0
 
 
 class NotEnoughExamplesError(ValueError):
@@ -39,7 +55,7 @@ class NotEnoughExamplesError(ValueError):
 
 def _prepare(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
   x = (x - mean) / std
-  return np.concatenate([x, np.ones((len(x), 1))], axis=1)
+  return np.concatenate([x, np.full((len(x), 1), BIAS_CONSTANT)], axis=1)
 
 
 class RidgeSolver:
@@ -60,7 +76,7 @@ class RidgeSolver:
     self.eigs = np.maximum(self.eigs, 0.0)  # Round-off can make zeros negative.
 
   def weights(self, l2: float) -> np.ndarray:
-    """[D+1, C] ridge weights (the last row is the bias)."""
+    """[D+1, C] ridge weights; the bias is BIAS_CONSTANT × the last row."""
     return self.lhs @ (self.rhs / (self.eigs + l2)[:, None])
 
   def predict(self, x: np.ndarray, l2: float) -> np.ndarray:
@@ -138,8 +154,8 @@ def summarise(top1: list[float], fits: list[dict]) -> dict:
 
 
 PROTOCOL = ("closed-form ridge (big_vision fewshot_lsr): whitened with the few-shot "
-            "set's mean/std, bias column, ±1 targets; L2 from 2^-6..2^20 chosen on "
-            "held-out train examples; mean ± std over seeds")
+            f"set's mean/std, bias column of {BIAS_CONSTANT:g}, ±1 targets; L2 from "
+            "2^-6..2^20 chosen on held-out train examples; mean ± std over seeds")
 
 
 def evaluate_task(data, block) -> list[dict]:
@@ -171,12 +187,23 @@ def evaluate_task(data, block) -> list[dict]:
 
 
 class Evaluator(periodic.FrozenFeatureEvaluator):
-  """Few-shot top-1 (mean over seeds) inside pretraining: `config.evals.fewshot`
-  (dataset, train_split, test_split, max_train, max_test, layer, shots, seeds)."""
+  """Few-shot top-1 inside pretraining: `config.evals.fewshot` (dataset, train_split,
+  test_split, max_train, max_test, layer, shots, seeds).
+
+  Reports, like the suite runner, every seed and the mean ± std over seeds:
+  `fewshot/{layer}/{s}shot_top1_seed{seed}`, `..._top1_mean`, `..._top1_std`.
+  """
   name = "fewshot"
 
   def evaluate(self, train_x, train_y, test_x, test_y) -> dict[str, float]:
     shots = tuple(self.block.get("shots", DEFAULT_SHOTS))
-    results = fewshot(train_x, train_y, test_x, test_y, shots=shots,
-                      seeds=tuple(self.block.get("seeds", DEFAULT_SEEDS)))
-    return {f"fewshot/{self.layer}/{s}shot_top1": results[s]["mean"] for s in shots}
+    seeds = tuple(self.block.get("seeds", DEFAULT_SEEDS))
+    results = fewshot(train_x, train_y, test_x, test_y, shots=shots, seeds=seeds)
+    metrics = {}
+    for s in shots:
+      prefix = f"fewshot/{self.layer}/{s}shot_top1"
+      metrics.update({f"{prefix}_seed{seed}": top1
+                      for seed, top1 in zip(seeds, results[s]["top1"])})
+      metrics[f"{prefix}_mean"] = results[s]["mean"]
+      metrics[f"{prefix}_std"] = results[s]["std"]
+    return metrics

@@ -2,11 +2,15 @@
 
 Train and test features are L2-normalised; each test example takes the k training
 examples of highest cosine similarity s_i and gives class c the vote
-Σ_{i in top-k, y_i = c} exp(s_i / T) (Wu et al. 2018, as in DINO's eval_knn), with
-T = 0.07 and k = 20 and 200 by default; the prediction is the class with the most
-vote. Nothing is fitted, so nothing is selected: the training split is the whole
-labelled pool (train+val in the suite). Similarities and top-k run jitted on device
-in fixed-size test chunks. Exact ties between similarities are broken by
+Σ_{i in top-k, y_i = c} exp(s_i / T); the prediction is the class with the most vote.
+The weighting and T = 0.07 are Wu et al. 2018 (instance discrimination, CVPR;
+their lemniscate.pytorch main.py runs `kNN(..., 200, args.nce_t)`, `--nce-t 0.07`).
+DINO (Caron et al. 2021, facebookresearch/dino eval_knn.py, `knn_classifier`) uses
+the same rule with `--temperature 0.07` and `--nb_knn 10 20 100 200` ("20 is usually
+working the best"). Defaults here: T = 0.07 and k = 20 and 200; top-1 only.
+Nothing is fitted, so nothing is selected: the training split is the whole labelled
+pool (train+val in the suite). Similarities and top-k run jitted on device in
+fixed-size test chunks. Exact ties between similarities are broken by
 `jax.lax.top_k`'s order (lower training index first).
 """
 from __future__ import annotations
