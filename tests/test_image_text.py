@@ -1,18 +1,18 @@
-"""CLIP and SigLIP: losses against NumPy, sharded == single device, zero-shot and
-retrieval metrics against brute force, configs run, bad input is refused clearly."""
+"""CLIP and SigLIP models: initial scalars, the text tower on SentencePiece ids,
+zero-shot and retrieval metrics against brute force, configs run, bad input is
+refused clearly. The losses (NumPy references, sharded == single device) are in
+test_clip_siglip_losses.py, more retrieval in test_retrieval.py."""
 import importlib
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import prepare_tiny_captioned_shapes
-from numerics import numerical_grad
-from tandem import parallel
+from tandem import models
+from tandem.data import tokenizer as tokenizer_lib
 from tandem.ssl import clip
-from tandem.ssl import siglip
 from tandem.ssl import train
 from tandem.transfer import retrieval
 from tandem.transfer import zeroshot
@@ -21,67 +21,6 @@ from tandem.transfer import zeroshot
 def normalized(rng, n, d):
   x = rng.normal(size=(n, d))
   return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def numpy_clip(zimg, ztxt, t, max_scale=100.0):
-  scale = min(np.exp(t), max_scale)
-  logits = scale * zimg @ ztxt.T
-  n = len(logits)
-  i2t = -np.mean([logits[i, i] - np.log(np.exp(logits[i]).sum()) for i in range(n)])
-  t2i = -np.mean([logits[i, i] - np.log(np.exp(logits[:, i]).sum())
-                  for i in range(n)])
-  return (i2t + t2i) / 2
-
-
-def numpy_siglip(zimg, ztxt, t, b):
-  n = len(zimg)
-  total = 0.0
-  for i in range(n):
-    for j in range(n):
-      z = 1.0 if i == j else -1.0
-      logit = np.exp(t) * zimg[i] @ ztxt[j] + b
-      total += np.log(1.0 / (1.0 + np.exp(-z * logit)))
-  return -total / n**2
-
-
-@pytest.mark.parametrize("t", [np.log(1 / 0.07), np.log(50.0), np.log(300.0)])
-def test_clip_loss_and_gradients_match_numpy(t):
-  rng = np.random.default_rng(0)
-  zimg, ztxt = normalized(rng, 6, 4), normalized(rng, 6, 4)
-  loss, metrics = clip.clip_loss(jnp.asarray(zimg), jnp.asarray(ztxt), t)
-  np.testing.assert_allclose(loss, numpy_clip(zimg, ztxt, t), rtol=1e-5)
-  np.testing.assert_allclose(metrics["logit_scale"], min(np.exp(t), 100.0),
-                             rtol=1e-5)
-  with jax.enable_x64():
-    gi, gt_, gs = jax.grad(lambda a, b, s: clip.clip_loss(a, b, s)[0],
-                           argnums=(0, 1, 2))(jnp.asarray(zimg), jnp.asarray(ztxt),
-                                              jnp.float64(t))
-  np.testing.assert_allclose(gi, numerical_grad(
-      lambda a: numpy_clip(a, ztxt, t), zimg), atol=1e-5)
-  np.testing.assert_allclose(gt_, numerical_grad(
-      lambda b: numpy_clip(zimg, b, t), ztxt), atol=1e-5)
-  # The scale is clipped at 100: beyond it the temperature gets no gradient.
-  expected = 0.0 if np.exp(t) > 100 else numerical_grad(
-      lambda s: numpy_clip(zimg, ztxt, s[0]), np.array([t]))[0]
-  np.testing.assert_allclose(gs, expected, atol=1e-5)
-
-
-@pytest.mark.parametrize("t,b", [(np.log(10.0), -10.0), (np.log(3.0), 0.5)])
-def test_siglip_loss_and_gradients_match_numpy(t, b):
-  rng = np.random.default_rng(1)
-  zimg, ztxt = normalized(rng, 5, 3), normalized(rng, 5, 3)
-  loss, metrics = siglip.siglip_loss(jnp.asarray(zimg), jnp.asarray(ztxt), t, b)
-  np.testing.assert_allclose(loss, numpy_siglip(zimg, ztxt, t, b), rtol=1e-5)
-  np.testing.assert_allclose(metrics["logit_bias"], b)
-  with jax.enable_x64():
-    grads = jax.grad(lambda *a: siglip.siglip_loss(*a)[0], argnums=(0, 1, 2, 3))(
-        jnp.asarray(zimg), jnp.asarray(ztxt), jnp.float64(t), jnp.float64(b))
-  refs = (numerical_grad(lambda a: numpy_siglip(a, ztxt, t, b), zimg),
-          numerical_grad(lambda c: numpy_siglip(zimg, c, t, b), ztxt),
-          numerical_grad(lambda s: numpy_siglip(zimg, ztxt, s[0], b), np.array([t])),
-          numerical_grad(lambda s: numpy_siglip(zimg, ztxt, t, s[0]), np.array([b])))
-  for g, ref in zip(grads, refs):
-    np.testing.assert_allclose(np.reshape(g, ref.shape), ref, atol=1e-5)
 
 
 def load_config(name, arg="dataset=fashion_mnist,runlocal"):
@@ -104,38 +43,6 @@ def test_initial_temperature_and_bias(name):
   else:
     np.testing.assert_allclose(np.exp(values["t"]), 10.0, rtol=1e-6)
     np.testing.assert_allclose(values["b"], -10.0)
-
-
-@pytest.mark.parametrize("name", ["clip", "siglip"])
-def test_sharded_loss_and_grads_equal_single_device(name):
-  """On 8 fake devices the loss uses every device's pairs as negatives."""
-  config = load_config(name)
-  module = importlib.import_module(f"tandem.ssl.{name}")
-  model = module.make_model(config)
-  variables = dict(model.init(jax.random.key(0), *module.init_inputs(config)))
-  params = variables.pop("params")
-  loss_fn = module.make_loss_fn(model, config)
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (16, 28, 28, 1), np.uint8),
-           "text": rng.integers(3, 259, (16, config.input.text.max_len), np.int32)}
-
-  def run(mesh):
-    b = jax.device_put(batch, parallel.batch_sharding(mesh))
-    p = jax.device_put(params, parallel.replicated(mesh))
-    s = jax.device_put(variables, parallel.replicated(mesh))
-    fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-    (loss, (metrics, _)), grads = fn(p, s, b, jax.random.key(1))
-    return jax.device_get((loss, grads, metrics))
-
-  loss8, grads8, metrics8 = run(parallel.make_mesh({"data": 8}))
-  loss1, grads1, metrics1 = run(parallel.make_mesh({"data": 1},
-                                                   devices=jax.devices()[:1]))
-  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               grads8, grads1)
-  # A loss over 16 pairs, not 8 independent losses over 2 pairs each.
-  assert np.abs(grads1["t"]) > 0
-  np.testing.assert_allclose(metrics8["i2t_top1"], metrics1["i2t_top1"])
 
 
 @pytest.mark.parametrize("name,field", [("clip", "temperature_init"),
@@ -177,6 +84,47 @@ def test_long_captions_are_truncated_and_counted(tiny_data_dir, tmp_path):
   assert results["final"]["data/captions_truncated"] == total
   last = json.loads(open(tmp_path / "metrics.jsonl").read().splitlines()[-2])
   assert last.get("data/captions_truncated", total) == total
+
+
+def test_sentencepiece_unk_is_attended_and_pooling_reads_the_real_eos(tmp_path):
+  """A SentencePiece model with the trainer's defaults (no pad, `<unk>` = 0): a
+  caption with out-of-vocabulary characters holds real `<unk>` tokens, which the
+  text tower must attend to and count, pooling at the caption's own eos."""
+  sentencepiece = pytest.importorskip("sentencepiece")
+  corpus = tmp_path / "captions.txt"
+  corpus.write_text("\n".join(
+      f"{n} {size} {colour} {shape}" for n in ("one", "two") for size in
+      ("small", "large") for colour in ("red", "blue", "green") for shape in
+      ("circle", "square", "triangle")))
+  sentencepiece.SentencePieceTrainer.train(
+      input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=40,
+      hard_vocab_limit=False, minloglevel=2)
+  config = load_config("clip")
+  config.input.text.tokenizer = f"sentencepiece:{tmp_path / 'sp.model'}"
+  config.input.text.max_len = 16
+  tok = tokenizer_lib.get_tokenizer(config.input.text.tokenizer)
+  ids, _ = tok.encode_batch(["☃ one small red circle", "two 猫 large blue square",
+                             "one small red circle"], config.input.text.max_len)
+  unk = tok._sp.unk_id()
+  assert unk == 0 and (ids == unk).sum(axis=1).tolist() == [1, 1, 0]
+  # The tower CLIP builds, with the tokenizer's vocab_size and pad_id.
+  tower = models.get_model("text", **clip.make_model(config).text_kwargs)
+
+  @jax.jit
+  def run(ids):
+    params = tower.init(jax.random.key(0), ids)["params"]
+    table = params["embedding"]["embedding"]
+    moved = dict(params, embedding={"embedding": table.at[unk].set(
+        jax.random.normal(jax.random.key(1), table.shape[1:]))})
+    return (tower.apply({"params": params}, ids),
+            tower.apply({"params": moved}, ids)["pre_logits"])
+
+  out, moved = jax.device_get(run(ids))
+  eos = np.argmax(ids == tok.eos_id, axis=1)
+  np.testing.assert_allclose(out["pre_logits"], out["tokens"][np.arange(3), eos],
+                             rtol=1e-6)
+  changed = np.abs(moved - out["pre_logits"]).max(axis=1)
+  assert (changed[:2] > 0.1).all() and changed[2] == 0.0  # Only texts with <unk>.
 
 
 def test_zeroshot_top1_and_class_embeddings():

@@ -78,13 +78,24 @@ def test_sentencepiece_round_trip(sentencepiece_models):
   assert truncated.all() and (ids[:, -1] == tok.eos_id).all()
 
 
-def test_sentencepiece_without_pad_pads_with_zero(sentencepiece_models):
+def test_sentencepiece_without_pad_pads_with_an_id_no_text_has(sentencepiece_models):
+  """The trainer's defaults have no pad and `<unk>` = 0: padding must not be 0, or
+  the text tower masks every out-of-vocabulary character as padding."""
   models, captions = sentencepiece_models
   tok = tokenizer_lib.SentencePieceTokenizer(models["default"])
-  assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)  # SentencePiece's defaults
-  ids, _ = tok.encode_batch(captions[:3], max_len=48)
-  assert [tok.decode(row) for row in ids] == captions[:3]
-  assert (ids[:, -1] == 0).all()
+  pieces = tok._sp.get_piece_size()
+  assert tok._sp.unk_id() == 0 and tok._sp.pad_id() == -1
+  assert (tok.bos_id, tok.eos_id) == (1, 2)  # SentencePiece's defaults
+  assert (tok.pad_id, tok.vocab_size) == (pieces, pieces + 1)
+  texts = ["☃ one small red circle", "one 猫 small ☃☃ blue square"] + captions[:3]
+  ids, truncated = tok.encode_batch(texts, max_len=48)
+  assert not truncated.any() and ids.max() < tok.vocab_size
+  assert (ids[:2] == 0).sum(axis=1).tolist() == [1, 2]  # real <unk>s (☃☃ is one)
+  for row, text in zip(ids, texts):
+    length = len(tok.encode(text)) + 2  # bos + text + eos
+    assert (row != tok.pad_id).sum() == length and row[length - 1] == tok.eos_id
+    assert (row[length:] == tok.pad_id).all()
+  assert [tok.decode(row) for row in ids[2:]] == captions[:3]
 
 
 def test_sentencepiece_missing_says_how_to_install(monkeypatch):

@@ -14,6 +14,20 @@ does not fit is cut (bos kept, content cut, eos still last) and flagged in the
 returned `truncated` array, so a training loop can count it instead of crashing or
 silently dropping the eos that CLIP-style text towers pool at. An empty text is
 [bos, eos].
+
+The padding contract: `pad_id` is never a token of any text, so `ids != pad_id` is
+exactly the text (bos..eos), and the text tower (tandem/models/text.py) derives its
+attention mask and EOS/mean pooling from it; no separate length array travels with
+the ids. `vocab_size` is the number of ids the embedding needs, pad included:
+  * bytes: pad 0, bos 1, eos 2, bytes 3..258 (vocab 259);
+  * SentencePiece with a pad piece (`--pad_id=N` at training): that id;
+  * SentencePiece without one (the trainer's default, `pad_id=-1`): pad is the id
+    just past the model's pieces, `vocab_size = piece_size + 1`. Padding with 0,
+    as before, padded with `<unk>`: every out-of-vocabulary character of a caption
+    was then masked as padding and EOS pooling read a position before the EOS.
+    Checkpoints trained with such a model have an embedding one row shorter and
+    no longer load (they were trained with that bug); byte-level checkpoints and
+    SentencePiece models with a pad piece keep their shapes.
 """
 from typing import Sequence
 
@@ -70,10 +84,12 @@ class ByteTokenizer:
 class SentencePieceTokenizer:
   """A SentencePiece model file, with the interface of `ByteTokenizer`.
 
-  pad/bos/eos are the model's own ids. SentencePiece's trainer disables pad by
-  default (`pad_id=-1`); then 0 is used for padding, which in such models is
-  `<unk>`: harmless, since padding is masked or never attended after eos. A model
-  without bos gets no bos; a model without eos is refused (pooling needs it).
+  bos/eos are the model's own ids, and pad too when the model has a pad piece.
+  SentencePiece's trainer disables pad by default (`pad_id=-1`); then pad is
+  `piece_size` (one id past the pieces, see the module docstring), never 0, which
+  such models use for `<unk>`, a real token of any caption with out-of-vocabulary
+  text. A model without bos gets no bos; a model without eos is refused (pooling
+  needs it).
   """
 
   def __init__(self, model_file: str):
@@ -85,8 +101,11 @@ class SentencePieceTokenizer:
           " sentencepiece (or pip install 'tandem[text]').") from e
     self.model_file = model_file
     self._sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
-    self.vocab_size = self._sp.get_piece_size()
-    self.pad_id = max(self._sp.pad_id(), 0)
+    pieces = self._sp.get_piece_size()
+    if self._sp.pad_id() >= 0:
+      self.pad_id, self.vocab_size = self._sp.pad_id(), pieces
+    else:  # An id encode never returns, with its own embedding row.
+      self.pad_id, self.vocab_size = pieces, pieces + 1
     self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
     self.eos_id = self._sp.eos_id()
     if self.eos_id < 0:

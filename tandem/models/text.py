@@ -10,6 +10,11 @@ embedding -> pre-LN Transformer blocks (the ViT's `Encoder`, with an attention m
 Padding is masked out of attention either way, so the output of a text does not
 depend on how much padding follows it.
 
+The mask is `tokens != pad_id`, so `pad_id` must be an id no text contains (the
+contract of tandem/data/tokenizer.py: a SentencePiece model without a pad piece
+pads with `piece_size`, not with its `<unk>` 0) and inside the embedding
+(`0 <= pad_id < vocab_size`), which is checked.
+
 Variants (width, depth, mlp_dim, num_heads): "tiny" 64/2/256/2 (CPU-sized: byte
 tokens make texts ~5x longer than word pieces, and on 2 CPU cores a 128-wide tower
 cost 10x the image tower's FLOPs) and "B" 512/12/2048/8 (CLIP's text tower).
@@ -55,6 +60,10 @@ class Model(nn.Module):
       raise ValueError(f"Texts of {tokens.shape[1]} tokens exceed the text tower's "
                        f"max_len={self.max_len}; tokenize with max_len <= "
                        f"{self.max_len}.")
+    if not 0 <= self.pad_id < self.vocab_size:
+      raise ValueError(f"pad_id {self.pad_id} is not an id of the embedding "
+                       f"(vocab_size {self.vocab_size}); use the tokenizer's "
+                       "pad_id and vocab_size.")
     arch = self.arch()
     width = arch["width"]
     valid = tokens != self.pad_id  # [B, L]
@@ -76,7 +85,8 @@ class Model(nn.Module):
                     self.dtype, name="Transformer")(x, train=train, mask=mask)
     x = x.astype(jnp.float32)
     if self.pool_type == "eos":
-      last = jnp.maximum(jnp.sum(valid, axis=1) - 1, 0)
+      # The last non-pad position (0 for an all-pad row).
+      last = jnp.max(jnp.where(valid, jnp.arange(tokens.shape[1]), 0), axis=1)
       pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
     else:
       weights = valid.astype(jnp.float32)[..., None]

@@ -10,7 +10,10 @@ logit bias (SigLIP only, init −10). Embeddings are L2-normalised.
 
 `make_loss_fn` turns a pairwise loss `pair_loss(zimg, ztxt, t, b)` into the train
 loop's `loss_fn`: images get light augmentation on device (`config.aug`, one view),
-texts arrive tokenised ("text" in the batch, from `config.input.text`).
+texts arrive tokenised ("text" in the batch, from `config.input.text`), padded with
+the tokenizer's `pad_id`, an id no text contains (tandem/data/tokenizer.py), so the
+text tower's mask and EOS pooling come from the ids alone; `make_model` sizes the
+text embedding by the tokenizer's `vocab_size`, which counts that pad id.
 """
 from __future__ import annotations
 

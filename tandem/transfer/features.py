@@ -5,7 +5,8 @@ batch stats), built by `tandem.models.get_model(config.model_name, **config.mode
 Extraction runs that backbone in eval mode (running batch-norm statistics) on uint8
 NHWC images of any size and channel count: images are resized to
 `config.input.image_size`, converted to `config.input.channels`, scaled to [0, 1]
-and normalised with the config's mean/std, exactly as in pretraining. Spatial
+and normalised with the config's mean/std, exactly as in pretraining
+(`preprocessing(config.input)` describes it for results records). Spatial
 layers ([B, H, W, C]) are global-average-pooled and token layers ([B, N, D]) are
 mean-pooled to vectors; `pre_logits` is used as is.
 """
@@ -67,6 +68,18 @@ def _freeze(value):
   if isinstance(value, list):
     return tuple(_freeze(v) for v in value)
   return value
+
+
+RESIZE = "linear, antialiased, to a square (aspect ratio not kept)"
+
+
+def preprocessing(input_config) -> dict:
+  """What `extract` and `ImageTextEmbedder` do to images, for results records: a
+  feature is only comparable with features made the same way."""
+  return {"image_size": int(input_config.image_size), "resize": RESIZE,
+          "channels": int(input_config.channels), "scale": "x / 255",
+          "mean": [float(m) for m in input_config.mean],
+          "std": [float(s) for s in input_config.std]}
 
 
 def prepare_images(images: np.ndarray, input_config) -> np.ndarray:

@@ -2,7 +2,13 @@
 
 Every image and every caption of a held-out split is embedded; for image→text each
 image ranks all captions, for text→image each caption ranks all images, by cosine
-similarity. Recall@K is the fraction of queries with a correct item in the top K.
+similarity. Recall@K is the fraction of queries with a correct item in the top K:
+an image is a hit if ANY of its captions is in its top K (so an image with several
+captions has several chances), a caption is a hit if its image is in its top K
+(every caption is a query). Images are resized to the checkpoint's
+`input.image_size` (and channels) when loaded, since datasets such as
+coco_captions hold images of many sizes, then preprocessed as in pretraining
+(`features.ImageTextEmbedder`).
 
 Choice: an item is correct when its caption TEXT is one of the image's captions
 (not only when it is the same caption record). Identical strings have identical

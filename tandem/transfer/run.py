@@ -10,7 +10,9 @@ each evaluator on them; hyper-parameters are selected inside
 `TaskData.selection()`, where the test split cannot be read. Writes to the output
 directory:
 - `results.json`: one record per task × evaluator × seed, with the protocol's
-  settings (layer, chosen L2, k, T, shots, ...), and skips with their reasons;
+  settings (layer and, beside it, the image preprocessing of its features: size,
+  resize, channels, normalisation; chosen L2, k, T, shots, ...), and skips with
+  their reasons;
 - `summary.json` and the printed table: task × evaluator (mean over seeds), the
   group means (natural / specialized / structured) and the overall mean;
 - `results.png`: a bar chart of the same table.
@@ -141,6 +143,28 @@ EVALUATORS = {"linear_probe": _linear_probe, "fewshot": _fewshot, "knn": _knn,
               "finetune": _finetune, "zeroshot": _zeroshot}
 
 
+def _with_preprocessing(record: dict, preprocessing: dict) -> dict:
+  """`record` with `preprocessing` right after its `layer` (records without a layer,
+  skips and fine-tuning, as they are)."""
+  if "layer" not in record:
+    return record
+  out = {}
+  for key, value in record.items():
+    out[key] = value
+    if key == "layer":
+      out["preprocessing"] = preprocessing
+  return out
+
+
+def evaluate_task(data: protocol.TaskData, ctx: Context,
+                  evaluators: list[str]) -> list[dict]:
+  """The records of `evaluators` (names in EVALUATORS) on one task."""
+  preprocessing = features_lib.preprocessing(ctx.model.config.input)
+  return [_with_preprocessing({"task": data.name, "group": data.group, **record},
+                              preprocessing)
+          for name in evaluators for record in EVALUATORS[name](data, ctx)]
+
+
 def _retrieval(ctx: Context) -> list[dict]:
   """Image↔text Recall@K: not a classification task, so a row of its own."""
   from tandem.transfer import retrieval
@@ -149,9 +173,12 @@ def _retrieval(ctx: Context) -> list[dict]:
   skip = _not_image_text(ctx, "retrieval")
   if skip:
     return [{**skip, "task": task, "group": "image-text"}]
+  # At the checkpoint's size, as the periodic evaluator: datasets such as
+  # coco_captions hold images of many sizes, which cannot be stacked as stored.
+  cfg = ctx.model.config.input
   images, captions, _ = input_pipeline.load_image_text(
-      block.dataset, block.split, data_dir=ctx.data_dir,
-      text_feature=block.text_feature or None)
+      block.dataset, block.split, data_dir=ctx.data_dir, image_size=cfg.image_size,
+      channels=cfg.channels, text_feature=block.text_feature or None)
   if block.max_examples and len(images) > block.max_examples:
     keep = np.sort(np.random.default_rng(ctx.config.seed).choice(
         len(images), block.max_examples, replace=False))
@@ -160,9 +187,11 @@ def _retrieval(ctx: Context) -> list[dict]:
   scores = retrieval.recall_at_k(ctx.embedder.images(ctx.variables, images),
                                  ctx.embedder.texts(ctx.variables, texts),
                                  captions, texts)
+  preprocessing = features_lib.preprocessing(cfg)
   return [{"task": task, "group": "image-text", "evaluator": f"retrieval_{k}",
-           "metric": k, "value": v, "num_images": len(images)}
-          for k, v in scores.items()]
+           "metric": k, "value": v, "layer": IMAGE_TEXT_LAYER,
+           "preprocessing": preprocessing, "num_images": len(images),
+           "num_captions": len(texts)} for k, v in scores.items()]
 
 
 def _cap(images, labels, cap: int, seed: int):
@@ -240,11 +269,7 @@ def run(config) -> dict:
       continue
     task_start, extractions = time.time(), ctx.extractions
     data = load_task(task, ctx)
-    for name in evaluators:
-      if name == "retrieval":
-        continue
-      for record in EVALUATORS[name](data, ctx):
-        records.append({**base, **record})
+    records += evaluate_task(data, ctx, [e for e in evaluators if e != "retrieval"])
     print(f"{task.name}: {time.time() - task_start:.1f} s "
           f"({ctx.extractions - extractions} feature extractions)")
   if "retrieval" in evaluators:
@@ -254,6 +279,7 @@ def run(config) -> dict:
   results = {"checkpoint": os.path.abspath(config.checkpoint), "step": model.step,
              "objective": model.config.get("objective"),
              "model": model.config.get("model_name"), "layer": config.layer,
+             "preprocessing": features_lib.preprocessing(model.config.input),
              "tasks": config.tasks, "seconds": round(time.time() - start, 1),
              "config": config.to_dict(), "records": records}
   with open(os.path.join(output_dir, "results.json"), "w") as f:
