@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import pytest
 
+import tandem
+
 from conftest import prepare_tiny_captioned_shapes
 from tandem import models
 from tandem.data import tokenizer as tokenizer_lib
@@ -75,15 +77,22 @@ def test_zero_batch_is_a_config_error(tiny_data_dir, tmp_path):
 
 
 def test_long_captions_are_truncated_and_counted(tiny_data_dir, tmp_path):
-  """Class-name captions ("a photo of a t-shirt.") do not fit in 8 byte tokens."""
+  """Class-name captions ("a photo of a t-shirt.") do not fit in 8 byte tokens.
+
+  The same run starts CLIP's logit scale at 200, above the bound of 100: training
+  clamps the parameter itself (open_clip), so the saved t is log 100, not the
+  initial log 200 that a clip in the forward pass would have left untouched."""
   config = load_config("clip")
   config.data_dir = tiny_data_dir
   config.input.text.max_len = 8
+  config.clip.temperature_init = 1 / 200
   results = train.train(config, str(tmp_path))
   total = config.total_steps * config.input.batch_size
   assert results["final"]["data/captions_truncated"] == total
   last = json.loads(open(tmp_path / "metrics.jsonl").read().splitlines()[-2])
   assert last.get("data/captions_truncated", total) == total
+  t = float(jax.device_get(tandem.load(str(tmp_path)).params["t"]))
+  assert np.log(100.0) - 1e-3 < t <= np.log(100.0) + 1e-6
 
 
 def test_sentencepiece_unk_is_attended_and_pooling_reads_the_real_eos(tmp_path):

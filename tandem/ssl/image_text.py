@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from tandem import models
+from tandem import random_streams
 from tandem.data import augment
 from tandem.data import preprocess
 from tandem.data import tokenizer as tokenizer_lib
@@ -105,7 +106,8 @@ def make_loss_fn(model: Model, config, pair_loss: Callable):
     tokens = batch["text"]
     images = batch["image"].astype(jnp.float32) / 255.0
     if config.get("aug") is not None:
-      images = augment.augment_view(rng, images, config.aug)
+      images = augment.augment_view(random_streams.stream(rng, "augment/view"),
+                                    images, config.aug)
     images = preprocess.normalize(images, config.input.mean, config.input.std)
     out, state = model.apply({"params": params, **model_state}, images, tokens,
                              train=True, mutable=["batch_stats"])
