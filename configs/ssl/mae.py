@@ -8,7 +8,7 @@ r"""MAE pretraining (masked patches, pixel reconstruction; tandem/ssl/mae.py).
 Arg keys (tandem/ssl/config_base.py): `dataset`, `model` (a ViT: vit_tiny, the
 default, vit_ti, vit_s, vit_b), `res`, `runlocal`.
 
-ImageNet: the reference recipe (PROTOCOLS.md): mask 0.75, norm_pix_loss, decoder 512
+ImageNet: the reference recipe (docs/PROTOCOLS.md): mask 0.75, norm_pix_loss, decoder 512
 wide, 8 deep, 16 heads; AdamW β = (0.9, 0.95), wd 0.05, lr 1.5e-4 × batch/256 (batch
 4096), 800 epochs with 40 of warm-up, cosine; crop scale (0.2, 1) + flip; fixed
 sin-cos position embeddings in the encoder too.

@@ -12,7 +12,7 @@ seconds-long smoke run: test splits capped at 200, few-shot 1 and 5 shots,
 3 fine-tuning steps). Every field below can be overridden with
 `--config.field=value`.
 
-Protocol (PROTOCOLS.md, VTAB-1k): hyper-parameters are chosen on train800 → val200,
+Protocol (docs/PROTOCOLS.md, VTAB-1k): hyper-parameters are chosen on train800 → val200,
 the chosen setting is retrained on train800val200, and test top-1 is reported.
 """
 import ml_collections

@@ -1,6 +1,6 @@
 """Linear probe: multinomial logistic regression on frozen features, on device.
 
-Protocol (PROTOCOLS.md): features are standardised with the training split's
+Protocol (docs/PROTOCOLS.md): features are standardised with the training split's
 mean/std; the L2 strength is chosen on a validation split carved from train (a
 seeded random `num_val` examples, never the test split); the model is then refit on
 train+val with that L2 and scored on test (top-1). The objective is
