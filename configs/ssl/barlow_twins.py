@@ -5,7 +5,10 @@ r"""Barlow Twins pretraining.
 
 Arg keys (tandem/ssl/config_base.py): `dataset`, `model`, `res`, `runlocal`.
 
-The CPU default (fashion_mnist + cnn) is the `make demo` recipe. Any other dataset
+The CPU default (fashion_mnist + cnn) is the `make demo` recipe (this project's,
+docs/PROTOCOLS.md "CPU presets": AdamW, projector 1024-1024, loss x 0.1, and BYOL's
+views with crop scale (0.2, 1) and blur sigma (0.1, 1) for 28/32-pixel images, for the
+reasons in `config_base.small_dataset_views`). Any other dataset
 gets the paper's ImageNet recipe (Zbontar et al. 2021, Sec. 4; docs/PROTOCOLS.md,
 "Barlow Twins"): projector 8192-8192-8192, lambda = 0.0051, LARS at lr 0.2 (weights)
 and 0.0048 (biases, BN) x batch/256, batch 2048, wd 1.5e-6, 1000 epochs; BYOL's
