@@ -9,6 +9,7 @@ Images are small (16x16) to keep XLA compile time, which dominates here, low.
 import colorsys
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,7 +17,11 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from configs.ssl import barlow_twins as barlow_twins_config
+from tandem import optimizers
 from tandem.data import augment
+from tandem.ssl import siamese
+from tandem.ssl import train
 
 SIZE = 16
 
@@ -86,6 +91,47 @@ def test_different_keys_views_and_examples_differ(views):
   for view in (view1, view2):
     flat = view.reshape(8, -1)
     assert all(not np.allclose(flat[i], flat[j]) for i in range(8) for j in range(i))
+
+
+class _OneParameter(nn.Module):
+  """A model whose only parameter is a scalar: the step below compiles in seconds."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del x, train
+    return self.param("w", nn.initializers.zeros, ())
+
+
+def test_train_step_draws_new_views_at_every_step():
+  """The views are drawn inside the jitted train step (`train._make_step`) from the
+  key it derives from the train state and the step: the same batch gets new views
+  at every step, two different views within a step, and at a step rerun from the
+  same state (a resumed run) the same views again."""
+  config = barlow_twins_config.get_config("runlocal,model=cnn")
+
+  def loss_fn(params, model_state, batch, rng):  # Barlow Twins' and SimCLR's views.
+    views = jnp.stack(siamese.augmented_views(rng, batch["image"], config))
+    return params["w"], ({"loss": params["w"], "views": views}, model_state)
+
+  tx, lr_schedule = optimizers.make_optimizer(config)
+  params, state = train.make_init_fn(_OneParameter(), tx, config, (jnp.zeros(()),))(
+      jax.random.key(0))
+  train_step = jax.jit(train._make_step(loss_fn, tx, lr_schedule))
+  batch = {"image": (_images(4, channels=1) * 255).astype(np.uint8)}
+  views, states = [], [state]
+  for _ in range(3):
+    params, state, metrics = train_step(params, state, batch)
+    views.append(np.asarray(metrics["views"]).reshape(2, 4, -1))  # [view, example, .]
+    states.append(state)
+  assert [int(s["step"]) for s in states] == [0, 1, 2, 3]
+  differ = lambda a, b: all(not np.allclose(x, y) for x, y in zip(a, b))  # Per example.
+  for step_views in views:
+    assert differ(step_views[0], step_views[1])
+  for now, later in zip(views, views[1:]):
+    assert differ(now[0], later[0]) and differ(now[1], later[1])
+  assert differ(views[0][0], views[2][0]) and differ(views[0][1], views[2][1])
+  _, _, again = train_step(params, states[1], batch)  # Step 1 from its saved state.
+  np.testing.assert_array_equal(np.asarray(again["views"]).reshape(2, 4, -1), views[1])
 
 
 @pytest.mark.parametrize("channels", [1, 3])

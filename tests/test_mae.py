@@ -1,5 +1,6 @@
-"""MAE: patches, masking, the loss against NumPy, sharded == single device, config
-errors, and the runlocal config end to end (reconstruction PNG, TensorBoard)."""
+"""MAE: patches, masking, the loss against NumPy, sharded == single device, the
+encoder blind to masked patches, config errors, the reconstruction grid against the
+model, and the runlocal config end to end (reconstruction PNG, TensorBoard)."""
 import glob
 
 import jax
@@ -124,6 +125,42 @@ def test_model_with_given_mask_equals_drawn_mask():
   assert drawn["pred"].shape == (3, 49, 16) and drawn["tokens"].shape == (3, 12, 32)
 
 
+def test_encoder_ignores_the_pixels_of_masked_patches():
+  """The encoder sees only the visible patches: with the same mask_rng (hence the same
+  mask), any pixels in the masked patches leave its outputs and the decoder's
+  predictions unchanged, while changing one visible patch changes them. A class token
+  (not the runlocal default) so that the prefix handling is covered too."""
+  config = mae_config.get_config("runlocal")  # 28x28, patch 4: 49 patches, 12 kept.
+  config.model.pool_type = "cls"
+  model = mae.make_model(config)
+  rng = np.random.default_rng(6)
+  images = rng.normal(size=(3, 28, 28, 1)).astype(np.float32)
+  # Random weights everywhere (no zero-initialised parameter hides a path) without
+  # compiling an init.
+  variables = jax.tree.map(
+      lambda s: rng.normal(scale=0.3, size=s.shape).astype(np.float32),
+      jax.eval_shape(model.init, jax.random.key(0), images))
+  run = jax.jit(lambda v, x: model.apply(v, x, mask_rng=jax.random.key(7)))
+  outputs = lambda x: jax.device_get(run(variables, np.asarray(x, np.float32)))
+  out = outputs(images)
+  masked = out["mask"][..., None] > 0  # [3, 49, 1]
+  patches = np.asarray(mae.patchify(images, 4))
+  scribbled = np.where(masked, 100 * rng.normal(size=patches.shape), patches)
+  other_masked = outputs(mae.unpatchify(scribbled, 4, 28, 28, 1))
+  np.testing.assert_array_equal(other_masked["mask"], out["mask"])
+  checked = ("encoded", "tokens", "pre_logits", "pred")
+  for key in checked:
+    np.testing.assert_array_equal(other_masked[key], out[key], err_msg=key)
+  # The first visible patch of every example, changed as much: the outputs move.
+  first_visible = np.argmax(out["mask"] == 0, axis=1)
+  changed = patches.copy()
+  changed[np.arange(3), first_visible] += 100 * rng.normal(size=(3, 16))
+  other_visible = outputs(mae.unpatchify(changed, 4, 28, 28, 1))
+  for key in checked:
+    diff = np.abs(other_visible[key] - out[key]).reshape(3, -1).max(axis=1)
+    assert np.all(diff > 1e-3), (key, diff)
+
+
 @pytest.mark.parametrize("ratio", [0.0, 1.0, 0.99, 0.005])
 def test_mask_ratio_leaving_no_visible_or_no_masked_patch_is_a_config_error(ratio):
   config = mae_config.get_config("runlocal")  # 7 x 7 = 49 patches.
@@ -150,13 +187,19 @@ def test_runlocal_trains_and_writes_reconstructions(tiny_data_dir, tmp_path):
   assert results["step"] == 2
   final = results["final"]
   assert np.isfinite(final["loss"]) and np.isfinite(final["mae/reconstruction_loss"])
-  assert 0.0 <= final["linear_probe/pre_logits/test_top1"] <= 1.0
+  # conftest's images are separable (a bar whose row is the label): the probe on the
+  # encoder's features is far above the 10 classes' chance.
+  assert final["linear_probe/pre_logits/test_top1"] > 0.8
   pngs = glob.glob(str(tmp_path / "images" / "mae_reconstruction" / "*.png"))
   assert len(pngs) == 1
   assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
   # The encoder is the transfer backbone: `tandem.load` embeds with it as is.
   images = np.zeros((3, 28, 28, 1), np.uint8)
-  assert tandem.load(str(tmp_path)).embed(images).shape == (3, 32)
+  images[1], images[2, 10:20] = 255, 200
+  embeddings = np.asarray(tandem.load(str(tmp_path)).embed(images))
+  assert embeddings.shape == (3, 32)
+  assert all(np.abs(embeddings[i] - embeddings[j]).max() > 1e-3
+             for i, j in ((0, 1), (0, 2), (1, 2)))
 
 
 def test_reconstruction_grid_pastes_visible_patches(tiny_data_dir):
@@ -168,12 +211,34 @@ def test_reconstruction_grid_pastes_visible_patches(tiny_data_dir):
   grid = out["mae/reconstruction"]
   # 3 rows of 8 images enlarged 2x to 56 pixels, with 1-pixel borders.
   assert grid.dtype == np.uint8 and grid.shape == (3 * 57 + 1, 8 * 57 + 1, 1)
-  original, masked, recon = (grid[1 + 57 * r:57 * (r + 1), 1:57] for r in range(3))
-  np.testing.assert_array_equal(original[::2, ::2], evaluator.images[0])
+  original, masked, recon = (
+      np.stack([grid[1 + 57 * r:57 * (r + 1), 1 + 57 * j:57 * (j + 1)]
+                for j in range(8)]) for r in range(3))
+  np.testing.assert_array_equal(original[:, ::2, ::2], evaluator.images)
   # Per 4x4 patch (8x8 enlarged): the visible ones are shown as they are, and
-  # pasted into the reconstruction.
-  tiles = lambda x: mae.patchify(x[None].astype(np.float32), 8)[0]
-  visible = np.all(tiles(masked) == tiles(original), axis=-1)
-  assert visible.sum() == round(49 * (1 - config.mae.mask_ratio))
+  # pasted into the reconstruction; the masked ones are mid-gray.
+  tiles = lambda x: np.asarray(mae.patchify(x.astype(np.float32), 8))
+  visible = np.all(tiles(masked) == tiles(original), axis=-1)  # [8, 49]
+  np.testing.assert_array_equal(visible.sum(1), round(49 * (1 - config.mae.mask_ratio)))
   np.testing.assert_array_equal(tiles(recon)[visible], tiles(original)[visible])
-  assert np.isfinite(out["mae/reconstruction_loss"])
+  np.testing.assert_array_equal(tiles(masked)[~visible], 128)
+  # The shown mask is the model's: its predictions for the masked patches,
+  # un-normalised with each target patch's statistics, fill the reconstruction,
+  # and the reported loss is theirs (NumPy).
+  mean, std = (np.asarray(v, np.float32) for v in (config.input.mean, config.input.std))
+  x = (evaluator.images / np.float32(255) - mean) / std
+  keep = np.stack([np.flatnonzero(v) for v in visible])
+  restore = np.argsort(np.argsort(visible == 0, axis=1, kind="stable"), axis=1)
+  pred = np.asarray(jax.jit(model.apply)(variables, x, keep_idx=keep,
+                                         restore_idx=restore)["pred"])
+  target = np.asarray(mae.patchify(x, 4))
+  np.testing.assert_allclose(out["mae/reconstruction_loss"],
+                             numpy_mae_loss(pred, target, ~visible, True), rtol=1e-4)
+  pixels = (pred * np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)
+            + target.mean(-1, keepdims=True))
+  pixels = np.round(np.clip(mae.unpatchify(pixels, 4, 28, 28, 1) * std + mean, 0, 1)
+                    * 255)
+  shown = recon[:, ::2, ::2, 0].astype(np.float32)
+  masked_pixels = ~np.repeat(np.repeat(visible.reshape(8, 7, 7), 4, 1), 4, 2)
+  np.testing.assert_allclose(shown[masked_pixels], pixels[..., 0][masked_pixels],
+                             atol=1)

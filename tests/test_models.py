@@ -312,6 +312,13 @@ def test_vit_sincos_posemb_has_no_params():
   assert learned - fixed == 17 * 96
   pe = vit.posemb_sincos_2d(4, 4, 96)
   assert pe.shape == (1, 16, 96) and len(np.unique(np.asarray(pe), axis=1)[0]) == 16
+  # MAE / big_vision: [sin(x·ω), cos(x·ω), sin(y·ω), cos(y·ω)] at row y, column x
+  # (raster order), ω_k = 10000^(−k / (D/4 − 1)).
+  omega = 10_000.0 ** -(np.arange(24) / 23)
+  for y, x in ((0, 0), (0, 3), (2, 1), (3, 3)):
+    expected = np.concatenate([np.sin(x * omega), np.cos(x * omega),
+                               np.sin(y * omega), np.cos(y * omega)])
+    np.testing.assert_allclose(pe[0, 4 * y + x], expected, atol=1e-6)
 
 
 def test_vit_encoder_runs_on_any_token_count():
@@ -358,9 +365,19 @@ def test_cnn_batchnorm_train_updates_stats():
   variables = init(model, x)
   _, eval_state = apply(model, variables, x, train=False, mutable=["batch_stats"])
   chex.assert_trees_all_equal(eval_state["batch_stats"], variables["batch_stats"])
-  _, train_state = apply(model, variables, x, train=True, mutable=["batch_stats"])
+  train_out, train_state = apply(model, variables, x, train=True,
+                                 mutable=["batch_stats"])
   assert set(train_state["batch_stats"]) == {"stage1_bn1", "stage2_bn1", "dense_bn"}
-  assert not np.allclose(train_state["batch_stats"]["dense_bn"]["var"], 1.0)
+  # The dense layer's BN (NumPy): batch statistics when training, momentum 0.9 from
+  # mean 0 and variance 1 (biased batch variance), eps 1e-5, then ReLU.
+  kernel = np.asarray(variables["params"]["dense"]["kernel"])
+  h = np.asarray(train_out["pooled"]) @ kernel
+  stats = train_state["batch_stats"]["dense_bn"]
+  np.testing.assert_allclose(stats["mean"], 0.1 * h.mean(0), atol=1e-5)
+  np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * h.var(0), rtol=1e-5)
+  np.testing.assert_allclose(
+      train_out["pre_logits"],
+      np.maximum((h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5), 0), rtol=1e-4, atol=1e-4)
 
 
 # Projector.

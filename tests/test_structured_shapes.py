@@ -16,6 +16,7 @@ from tandem.data import clevr_like
 from tandem.data import dsprites_like
 from tandem.data import input_pipeline
 from tandem.data import prepare
+from tandem.transfer import vtab
 
 SPLITS = {"train": 40, "validation": 20, "test": 20}
 BUILDERS = {"dsprites_like": dsprites_like.DspritesLike,
@@ -290,3 +291,12 @@ def test_vtab_transforms_on_built_data(built):
   assert counts <= set(range(8)) and distances <= set(range(6))
   assert len(locations) > 8 and len(orientations) > 8  # 80 examples, 16 classes
   assert len(counts) > 4 and len(distances) > 3
+  # The offline VTAB tasks' label functions agree with task_adaptation's.
+  for name, reference in (("dsprites_like_location", vtab_dsprites_location),
+                          ("dsprites_like_orientation", vtab_dsprites_orientation),
+                          ("clevr_like_count", vtab_clevr_count),
+                          ("clevr_like_distance", vtab_clevr_distance)):
+    task = vtab.OFFLINE[name]
+    for split in SPLITS:
+      for example in built[task.dataset][split]:
+        assert task.label(example) == reference(example), (name, split)

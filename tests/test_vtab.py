@@ -22,6 +22,7 @@ from tensorflow_datasets.core.data_sources import base as data_source_base
 from tensorflow_datasets.testing import mocking
 
 from tandem.data import captions
+from tandem.data import image_ops
 from tandem.data import input_pipeline
 from tandem.data import png
 from tandem.transfer import vtab
@@ -260,6 +261,11 @@ def test_offline_fashion_mnist_from_tiny_data(tiny_data_dir):
   images, labels = vtab.load_split(task, "test", data_dir=tiny_data_dir)
   assert images.shape == (160, 28, 28, 1) and images.dtype == np.uint8
   assert labels.dtype == np.int32 and np.bincount(labels).tolist() == [16] * 10
+  # Each image with its own label: conftest draws rows 2 + 2·label to 4 + 2·label
+  # at 230 over noise below 60.
+  bar_rows = (images[:, :, 4:24, 0] == 230).all(-1)
+  np.testing.assert_array_equal(bar_rows.sum(1), 3)
+  np.testing.assert_array_equal(np.argmax(bar_rows, axis=1), 2 + 2 * labels)
   with pytest.raises(ValueError, match="fashion_mnist.*train800.*incompatible"):
     vtab.load_split(task, "train800", data_dir=tiny_data_dir)  # only 320 exist
 
@@ -403,6 +409,12 @@ def test_vtab_task_loads_on_mock(fake_tfds, name):
     examples = cache[info.full_name][0]
     label = task.label if callable(task.label) else lambda ex: ex[task.label]
     assert labels.tolist() == [label(ex) for ex in examples]
+    # Each example's own pixels (dSprites' 0/1 as 0/255), resized like the rest.
+    stored_images = np.stack([ex[task.image_key] for ex in examples]).astype(np.uint8)
+    if name.startswith("dsprites"):
+      stored_images *= 255
+    np.testing.assert_array_equal(
+        images, image_ops.to_size_and_channels(stored_images, 16, 3))
     expected_method = (tfds.decode.DeserializeMethod.RAW_BYTES if name in FAST else
                        tfds.decode.DeserializeMethod.DESERIALIZE_AND_DECODE)
     assert requests == [(task.splits[split], expected_method)]
