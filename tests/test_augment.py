@@ -3,7 +3,8 @@
 Each op is checked against a NumPy / stdlib reference or its defining property (identity
 at probability or strength 0, flip, solarize, grayscale, blur of a constant image, hue
 of a gray image), the whole pipeline for shapes, range, determinism and per-example
-randomness, and a batch sharded over 8 fake CPU devices against the unsharded result.
+randomness, that every train step draws new views, and a batch sharded over 8 fake CPU
+devices against the unsharded result.
 Images are small (16x16) to keep XLA compile time, which dominates here, low.
 """
 import colorsys
@@ -20,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from configs.ssl import barlow_twins as barlow_twins_config
 from tandem import optimizers
 from tandem.data import augment
+from tandem.ssl import config_base
 from tandem.ssl import siamese
 from tandem.ssl import train
 
@@ -52,9 +54,8 @@ def _run(cfg, images, seed=0):
 def _default_views(channels):
   """two_views with the default configs on a batch of 8 copies of one image: the jitted
   function, the batch, its views with key 0 and its views with key 1."""
-  cfg = ml_collections.ConfigDict({
-      "view1": augment.default_view_config(1, rgb=channels == 3),
-      "view2": augment.default_view_config(2, rgb=channels == 3)})
+  cfg = ml_collections.ConfigDict(config_base.byol_views(rgb=channels == 3,
+                                                         small=False))
   image = (_images(1, channels) * 255).astype(np.uint8)
   images = np.repeat(image, 8, axis=0)
   fn = jax.jit(lambda rng, x: augment.two_views(rng, x, cfg))
@@ -276,7 +277,7 @@ def _reference_jitter(img, factors, hue_shift, order):
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_color_jitter_matches_torchvision_in_each_order(channels):
-  p = augment._read_config(dict(augment.default_view_config(2, rgb=True),
+  p = augment._read_config(dict(config_base.byol_views(rgb=True, small=False)["view2"],
                                 brightness=0.6, contrast=0.6, saturation=0.6, hue=0.3))
   names = ("brightness", "contrast", "saturation", "hue")[:4 if channels == 3 else 2]
   jitter = jax.jit(lambda u, img: augment._color_jitter(u, img, p))
@@ -295,12 +296,3 @@ def test_color_jitter_matches_torchvision_in_each_order(channels):
       expected = (_reference_jitter(img, factors, hue_shift, [names[i] for i in order])
                   if apply else img)
       np.testing.assert_allclose(out, expected, atol=1e-5, err_msg=f"{order} {apply}")
-
-
-def test_default_view_configs():
-  v1, v2 = (augment.default_view_config(v, rgb=True) for v in (1, 2))
-  assert (v1["blur_prob"], v1["solarize_prob"]) == (1.0, 0.0)
-  assert (v2["blur_prob"], v2["solarize_prob"]) == (0.1, 0.2)
-  assert v1["crop_scale"] == (0.08, 1.0) and v1["blur_sigma"] == (0.1, 2.0)
-  gray = augment.default_view_config(1, rgb=False)
-  assert gray["saturation"] == gray["hue"] == gray["grayscale_prob"] == 0.0

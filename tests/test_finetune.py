@@ -15,7 +15,7 @@ from tandem.transfer import protocol
 NUM_CLASSES = 4
 # Few steps, no augmentation (its compilation is the slow part on CPU): the tests
 # that share these settings and shapes share one compiled step.
-FAST = dict(steps=6, batch_size=32, lr=2.0, crop=False, flip=False, lora_rank=2)
+FAST = dict(steps=6, batch_size=32, lr_per_512=2.0, crop=False, flip=False, lora_rank=2)
 
 
 def _pretrained(model: str, model_kwargs=None, seed=0):
@@ -125,7 +125,7 @@ def test_lora_counts_attention_kernels_and_starts_at_the_pretrained_model():
 def test_full_finetuning_learns_a_separable_task(cnn):
   config, variables = cnn
   tuned = finetune.finetune(config, variables, *bars(128, 0), NUM_CLASSES,
-                            ft_config=dict(FAST, steps=30, flip=True, lr=1.0))
+                            ft_config=dict(FAST, steps=30, flip=True, lr_per_512=1.0))
   images, labels = bars(64, 1)
   assert tuned.accuracy(images, labels) > 0.9
   # Prediction pads to fixed-size batches: a short batch gets the same logits.
@@ -139,7 +139,7 @@ def test_eight_devices_match_one(cnn):
   config, variables = cnn
   images, labels = bars(64, 0)
   ft = dict(FAST, steps=3, warmup_steps=0, decay_at=(), crop=True, flip=True,
-            lr=1.0)
+            lr_per_512=1.0)
   results = []
   mesh8 = parallel.make_mesh({"data": -1}, jax.devices()[:8])
   # Variables as `tandem.load` gives them (committed to one device, copied onto the
@@ -178,9 +178,9 @@ def test_evaluate_task_selects_lr_on_val_without_touching_test(cnn):
   # lr 0 leaves the zero head at zero: val top-1 = 1/4. The good lr comes second,
   # so only a choice by val score (ties go to the earlier value) picks it.
   record, = finetune.evaluate_task(
-      task, config, variables, dict(FAST, steps=20, lr_grid=(0.0, 1.0)))
+      task, config, variables, dict(FAST, steps=20, lr_per_512_grid=(0.0, 1.0)))
   assert ("test", True) not in task.reads and ("test", False) in task.reads
-  assert record["lr"] == 1.0 and record["val_top1"] > 0.9, record
+  assert record["lr_per_512"] == 1.0 and record["val_top1"] > 0.9, record
   assert record["value"] > 0.9
   assert record["evaluator"] == "finetune_full" and record["metric"] == "test_top1"
   assert record["steps"] == 20 and record["trainable_params"] == COUNTS["full"]
@@ -236,10 +236,10 @@ def test_evaluator_runs_from_the_pretraining_config(cnn, tiny_data_dir):
       max_train=64, max_test=32, num_val=32, **dict(FAST, mode="full", steps=20))
   metrics = finetune.Evaluator(config, data_dir=tiny_data_dir).run(variables)
   assert set(metrics) == {"finetune/full/test_top1", "finetune/full/val_top1",
-                          "finetune/full/lr"}
+                          "finetune/full/lr_per_512"}
   # conftest's images are separable (a bar whose row is the label): far above the
   # 10 classes' chance, scored on exactly max_test and num_val examples.
   test_top1, val_top1 = (metrics[f"finetune/full/{s}_top1"] for s in ("test", "val"))
   assert test_top1 > 0.5 and val_top1 > 0.3, metrics
   assert (32 * test_top1).is_integer() and (32 * val_top1).is_integer()
-  assert metrics["finetune/full/lr"] == FAST["lr"]
+  assert metrics["finetune/full/lr_per_512"] == FAST["lr_per_512"]

@@ -87,6 +87,7 @@ def test_finetune_peak_learning_rate_is_bits():
   """BiT-HyperRule (Kolesnikov et al. 2020, Sec. 3.3): SGD, lr 0.003 at batch 512,
   scaled linearly with the batch."""
   ft = finetune.default_config()
+  assert ft.lr_per_512 == 0.003
   assert finetune.plan(50_000, ft)["peak_lr"] == pytest.approx(0.003)
   assert finetune.plan(128, ft)["peak_lr"] == pytest.approx(0.003 * 128 / 512)
 

@@ -280,7 +280,8 @@ def test_suite_scores_zeroshot_retrieval_and_finetune_end_to_end(image_text_setu
   tuned = values[("fashion_mnist", "finetune_full")]
   assert 0.0 <= tuned["value"] <= 1.0 and tuned["steps"] == config.finetune.steps
   # The learning rate comes from the config's sweep (chosen on val200, not test).
-  assert tuned["lr"] in (tuple(config.finetune.lr_grid) or (config.finetune.lr,))
+  assert tuned["lr_per_512"] in (tuple(config.finetune.lr_per_512_grid)
+                               or (config.finetune.lr_per_512,))
   assert 0.0 <= values[("fashion_mnist", "linear_probe")]["value"] <= 1.0
   out = capsys.readouterr().out
   assert "zeroshot" in out and "retrieval" in out

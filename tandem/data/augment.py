@@ -57,30 +57,14 @@ _CROP_TRIALS = 10
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def default_view_config(view: int, *, rgb: bool) -> dict:
-  """BYOL / Barlow Twins augmentation defaults for view 1 or 2 (asymmetric blur/solarize).
-
-  For grayscale data (``rgb=False``) saturation, hue and grayscale are 0, which is what
-  they amount to on one channel anyway.
-  """
-  if view not in (1, 2):
-    raise ValueError(f"view must be 1 or 2, got {view}")
-  return dict(
-      crop_scale=(0.08, 1.0),
-      crop_ratio=(3 / 4, 4 / 3),
-      flip_prob=0.5,
-      jitter_prob=0.8,
-      brightness=0.4,
-      contrast=0.4,
-      saturation=0.2 if rgb else 0.0,
-      hue=0.1 if rgb else 0.0,
-      grayscale_prob=0.2 if rgb else 0.0,
-      blur_prob=1.0 if view == 1 else 0.1,
-      blur_sigma=(0.1, 2.0),
-      blur_kernel_frac=0.1,
-      solarize_prob=0.0 if view == 1 else 0.2,
-      solarize_threshold=0.5,
-  )
+# Every op off: the base for views that switch on only some ops (fine-tuning's crop
+# and flip). The recipes' views are in the configs (tandem/ssl/config_base.py,
+# configs/ssl/simclr.py), with their sources.
+IDENTITY = dict(
+    crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0,
+    brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_prob=0.0,
+    blur_prob=0.0, blur_sigma=(0.1, 2.0), blur_kernel_frac=0.1, solarize_prob=0.0,
+    solarize_threshold=0.5)
 
 
 def two_views(rng: jax.Array, images_uint8: jax.Array,

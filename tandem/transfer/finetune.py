@@ -62,7 +62,7 @@ first bad step (checked every `check_every` steps and at the end); no number fro
 diverged run is ever returned.
 
 `evaluate_task` is VTAB-1k's protocol (Zhai et al. 2019): the lr is chosen from
-`lr_grid` by val top-1 after training on `train` (inside `TaskData.selection()`, so
+`lr_per_512_grid` by val top-1 after training on `train` (inside `TaskData.selection()`, so
 test is out of reach), then the model is retrained on `trainval` and scored once on
 test. Sweep and final run share one schedule: steps from the HyperRule at the size of
 trainval, the batch clipped to the size of train; grid ties go to the earlier value.
@@ -107,8 +107,8 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       mode="full",  # full | head | norm | lora.
       steps=None,  # None: 500 / 10k / 20k by dataset size.
-      lr=0.003,  # Base lr per 512 examples (× batch/512).
-      lr_grid=(),  # lrs swept on val by `evaluate_task`; empty: (lr,).
+      lr_per_512=0.003,  # Base lr per 512 examples: the peak is × batch/512.
+      lr_per_512_grid=(),  # Swept on val by `evaluate_task`; empty: (lr_per_512,).
       batch_size=BIT_BATCH,  # Clipped to the dataset size.
       warmup_steps=None,  # None: 100 / 500 (or that fraction of `steps`).
       decay_at=DECAY_AT,
@@ -182,7 +182,7 @@ def plan(num_examples: int, ft, batch_shards: int = 1) -> dict:
   batch = max(batch_shards, batch // batch_shards * batch_shards)
   return dict(steps=steps, warmup_steps=warmup,
               decay_steps=decay_steps(steps, ft.decay_at), batch_size=batch,
-              peak_lr=float(ft.lr) * batch / BIT_BATCH)
+              peak_lr=float(ft.lr_per_512) * batch / BIT_BATCH)
 
 
 # ----------------------------------------------------------- parameters and masks
@@ -310,9 +310,7 @@ def _hashable(value):
 def _make_static(pretrain_config, ft) -> _Static:
   aug = None
   if ft.crop or ft.flip:
-    view = dict(augment.default_view_config(1, rgb=False), jitter_prob=0.0,
-                blur_prob=0.0, solarize_prob=0.0, grayscale_prob=0.0,
-                flip_prob=0.5 if ft.flip else 0.0,
+    view = dict(augment.IDENTITY, flip_prob=0.5 if ft.flip else 0.0,
                 crop_scale=tuple(ft.crop_scale) if ft.crop else (1.0, 1.0),
                 crop_ratio=tuple(ft.crop_ratio) if ft.crop else (1.0, 1.0))
     aug = _hashable(view)
@@ -429,8 +427,8 @@ class FineTuned:
   trainable_params: int
   mode: str
   steps: int
-  lr: float  # Base lr per 512 examples.
-  peak_lr: float  # lr × batch / 512, the rate after warm-up.
+  lr_per_512: float  # Base lr per 512 examples.
+  peak_lr: float  # lr_per_512 × batch / 512, the rate after warm-up.
   batch_size: int
   warmup_steps: int
   decay_steps: tuple
@@ -568,14 +566,14 @@ def finetune(pretrain_config, variables, train_images: np.ndarray,
       bad = int(state["nonfinite_step"])
       if bad >= 0:
         raise NonFiniteLossError(
-            f"Fine-tuning ({ft.mode}, base lr {ft.lr}) diverged: the loss became "
+            f"Fine-tuning ({ft.mode}, lr_per_512 {ft.lr_per_512}) diverged: the loss became "
             f"non-finite at step {bad} (of {p['steps']}). No result is reported for "
-            "a diverged run; lower `lr`, or check the checkpoint for NaN/Inf.")
+            "a diverged run; lower `lr_per_512`, or check the checkpoint for NaN/Inf.")
       losses.append((step + 1, float(metrics["loss"])))
 
   return FineTuned(
       params=params, model_state=state["model_state"], trainable_params=trainable,
-      mode=ft.mode, steps=p["steps"], lr=float(ft.lr), peak_lr=p["peak_lr"],
+      mode=ft.mode, steps=p["steps"], lr_per_512=float(ft.lr_per_512), peak_lr=p["peak_lr"],
       batch_size=p["batch_size"], warmup_steps=p["warmup_steps"],
       decay_steps=p["decay_steps"], losses=losses, _static=static,
       _input=pretrain_config.input, _mesh=mesh,
@@ -589,7 +587,7 @@ def evaluate_task(task_data: protocol.TaskData, pretrain_config, variables, ft_c
                   *, mesh=None, seed: int = 0) -> list[dict]:
   """VTAB-1k: lr chosen on val (train → val), retrain on trainval, test top-1."""
   ft = resolve_config(ft_config)
-  grid = tuple(float(lr) for lr in ft.lr_grid) or (float(ft.lr),)
+  grid = tuple(float(lr) for lr in ft.lr_per_512_grid) or (float(ft.lr_per_512),)
   with task_data.selection():
     train, val = task_data.train, task_data.val
     # One schedule for the sweep and the final run: steps from trainval's size,
@@ -601,19 +599,20 @@ def evaluate_task(task_data: protocol.TaskData, pretrain_config, variables, ft_c
                             num_classes=task_data.num_classes, mesh=mesh, seed=seed)
     val_top1 = {}
     for lr in grid:
-      tuned = run(train.images, train.labels, ft_config=dict(ft.to_dict(), lr=lr))
+      tuned = run(train.images, train.labels,
+                  ft_config=dict(ft.to_dict(), lr_per_512=lr))
       val_top1[lr] = tuned.accuracy(val.images, val.labels)
       del tuned
     best = max(grid, key=lambda lr: val_top1[lr])  # Ties: the earlier value.
   trainval = task_data.trainval
-  tuned = run(trainval.images, trainval.labels, ft_config=dict(ft.to_dict(), lr=best))
+  tuned = run(trainval.images, trainval.labels, ft_config=dict(ft.to_dict(), lr_per_512=best))
   test = task_data.test
   return [{
       "evaluator": f"finetune_{ft.mode}",
       "metric": "test_top1",
       "value": tuned.accuracy(test.images, test.labels),
       "val_top1": val_top1[best],
-      "lr": best,
+      "lr_per_512": best,
       "steps": tuned.steps,
       "trainable_params": tuned.trainable_params,
       "protocol": (
@@ -637,7 +636,7 @@ class Evaluator:
           mode="head", steps=100)
 
   `run(variables)` runs `evaluate_task` on the whole model's `variables` and returns
-  `finetune/<mode>/test_top1`, `.../val_top1` and `.../lr`.
+  `finetune/<mode>/test_top1`, `.../val_top1` and `.../lr_per_512`.
   """
 
   def __init__(self, config, *, data_dir: str, mesh=None):
@@ -668,7 +667,7 @@ class Evaluator:
                             mesh=self.mesh, seed=self.config.seed)
     prefix = f"finetune/{self.ft.mode}/"
     return {prefix + "test_top1": record["value"],
-            prefix + "val_top1": record["val_top1"], prefix + "lr": record["lr"]}
+            prefix + "val_top1": record["val_top1"], prefix + "lr_per_512": record["lr_per_512"]}
 
 
 def _subsample(images, labels, max_examples: int, rng):
