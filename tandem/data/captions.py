@@ -12,8 +12,6 @@ MNIST's "T-shirt/top" is "t-shirt"); they are in label order.
 """
 from typing import Sequence
 
-import numpy as np
-
 from tandem.data import captioned_shapes
 
 TEMPLATES = (
@@ -45,15 +43,6 @@ def class_names(dataset: str) -> list[str]:
     raise ValueError(f"No class names for dataset {dataset!r}; datasets with class"
                      f" names: {sorted(CLASS_NAMES)}.")
   return list(CLASS_NAMES[base])
-
-
-def label_captions(labels: Sequence[int] | np.ndarray, dataset: str,
-                   rng: np.random.Generator,
-                   templates: Sequence[str] = TEMPLATES) -> list[str]:
-  """One caption per label: a template drawn from `rng`, filled with the class name."""
-  names = class_names(dataset)
-  choices = rng.integers(len(templates), size=len(labels))
-  return [templates[t].format(names[int(label)]) for t, label in zip(choices, labels)]
 
 
 def prompts(dataset: str, templates: Sequence[str] = TEMPLATES) -> list[list[str]]:
