@@ -8,7 +8,6 @@ import pytest
 from tandem import random_streams
 from tandem.data import augment
 from tandem.ssl import barlow_twins
-from tandem.ssl import config_base
 
 
 def test_salts_are_distinct_stable_and_names_are_checked():
@@ -45,7 +44,10 @@ def test_mixing_keys_are_independent_of_the_views_keys(seed, monkeypatch):
                       lambda key, *a, **k: mix_keys.append(key) or
                       real_beta(key, *a, **k))
   images = jnp.zeros((batch, 8, 8, 1), jnp.uint8)
-  augment.two_views(rng, images, config_base.byol_views(rgb=False, small=True))
+  # Every op off: the keys handed out do not depend on the ops, and eager
+  # augmentation ops are slow to compile.
+  augment.two_views(rng, images, {"view1": augment.IDENTITY,
+                                  "view2": augment.IDENTITY})
   perm, alpha = barlow_twins.mixing(rng, batch, 1.0)
   assert len(view_keys) == 2 and len(mix_keys) == 2
   assert sorted(np.asarray(perm).tolist()) == list(range(batch))

@@ -20,13 +20,26 @@ def numpy_nt_xent(z1, z2, tau):
   return total / n2
 
 
+def numpy_positive_top1(z1, z2):
+  """Fraction of the 2N views whose most similar other view is their positive."""
+  z = np.concatenate([z1, z2])
+  z = z / np.linalg.norm(z, axis=1, keepdims=True)
+  n2 = len(z)
+  sims = z @ z.T
+  np.fill_diagonal(sims, -np.inf)
+  return np.mean(np.argmax(sims, axis=1) == (np.arange(n2) + n2 // 2) % n2)
+
+
 def test_loss_and_gradient_match_numpy():
   rng = np.random.default_rng(0)
   z1, z2 = rng.normal(size=(2, 6, 4))
+  z2[:3] = z1[:3] + 0.1 * z2[:3]  # Half the pairs close: top-1 neither 0 nor 1.
+  expected_top1 = numpy_positive_top1(z1, z2)
+  assert 0 < expected_top1 < 1
   for tau in (0.1, 0.5):
     loss, metrics = simclr.nt_xent_loss(jnp.asarray(z1), jnp.asarray(z2), tau)
     np.testing.assert_allclose(loss, numpy_nt_xent(z1, z2, tau), rtol=1e-5)
-    assert 0 <= metrics["positive_top1"] <= 1
+    np.testing.assert_allclose(metrics["positive_top1"], expected_top1)
   with jax.enable_x64():
     g = jax.grad(lambda a: simclr.nt_xent_loss(a, jnp.asarray(z2), 0.2)[0])(
         jnp.asarray(z1, jnp.float64))

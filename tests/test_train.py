@@ -57,7 +57,11 @@ def test_every_config_runs_in_runlocal(path, model, tiny_data_dir, tmp_path):
   results = train.train(config, str(tmp_path))
   assert results["step"] == config.total_steps
   assert np.isfinite(results["final"]["loss"])
-  assert 0.0 <= results["final"]["linear_probe/pre_logits/test_top1"] <= 1.0
+  # conftest's images are separable (a bar whose row is the label): even after 2
+  # steps the probe is far above the 10 classes' chance (measured 0.26-0.94); a
+  # probe fitted or scored on mismatched labels would sit at 0.1.
+  probe = results["final"]["linear_probe/pre_logits/test_top1"]
+  assert 0.2 < probe <= 1.0
   saved = json.load(open(tmp_path / "config.json"))
   assert saved["total_steps"] == config.total_steps
   lines = open(tmp_path / "metrics.jsonl").read().splitlines()

@@ -193,6 +193,16 @@ def test_suite_runs_end_to_end_and_lists_unprepared_tasks(bt_checkpoint, dsprite
            "knn_k200_T0.07")} <= done
   assert all(0 <= r["value"] <= 1 for r in records if "value" in r)
   assert sum(r["evaluator"] == "fewshot_5shot" for r in records) == 2  # one per seed
+  # The table is computed from the records: a cell is the mean ± std over seeds.
+  seeds = [r["value"] for r in records if r["evaluator"] == "fewshot_5shot"]
+  np.testing.assert_allclose(
+      results["summary"]["rows"]["dsprites_like_location"]["fewshot_5shot"],
+      [np.mean(seeds), np.std(seeds), 2])
+  probe = [r for r in records if r["evaluator"] == "linear_probe" and "value" in r]
+  assert results["summary"]["overall"]["linear_probe"][0] == probe[0]["value"]
+  # Each record names the preprocessing of its features beside the layer.
+  assert probe[0]["layer"] == "pre_logits"
+  assert probe[0]["preprocessing"]["image_size"] == 28
   skip = [r for r in records if r["task"] == "fashion_mnist"]
   assert len(skip) == 1 and "python -m tandem.data.prepare --dataset fashion_mnist" \
       in skip[0]["skipped"]
