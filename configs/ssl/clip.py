@@ -9,8 +9,13 @@ TFDS dataset such as coco_captions), `model` (image tower), `text` (tiny, B),
 `res`, `runlocal`. Prepare captioned_shapes first:
 `python -m tandem.data.prepare --dataset captioned_shapes`.
 
-Temperature: learned logit scale initialised to 1/temperature_init (CLIP: 1/0.07),
-clipped at max_logit_scale (100).
+Temperature: learned logit scale exp(t), initialised to 1/temperature_init (CLIP:
+1/0.07); the parameter t is clamped to [0, log max_logit_scale] (100) after every
+update, as open_clip does (tandem/ssl/clip.py).
+
+Recipe: at scale (any dataset without a CPU preset, e.g. coco_captions) CLIP's
+ViT-B/32 settings, AdamW at lr 5e-4 absolute (not per 256) for batch 32,768, beta2
+0.98, eps 1e-6, wd 0.2 (tandem/ssl/image_text_config.py; docs/PROTOCOLS.md).
 """
 from tandem.ssl import image_text_config
 
