@@ -58,7 +58,8 @@ def test_fsdp_sharded_training_equals_data_parallel(tiny_data_dir, tmp_path):
 
 
 def test_two_processes_on_localhost_train_together(tiny_data_dir, tmp_path):
-  """The multi-host path: 2 processes x 2 devices, gloo collectives over 127.0.0.1."""
+  """The multi-host path: 2 processes x 2 devices, gloo collectives over 127.0.0.1,
+  then resumed by one process."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   workdir = tmp_path / "run"
   proc = subprocess.run(
@@ -75,3 +76,16 @@ def test_two_processes_on_localhost_train_together(tiny_data_dir, tmp_path):
   assert model.step == 3
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(
       jax.device_get(model.params)))
+
+  # One process resumes the two processes' run: the data stream, a global batch
+  # number, and the arrays carry over, so 3 + 2 steps equal the same schedule run
+  # by one process throughout (docs/PROTOCOLS.md, "Data order").
+  single = tmp_path / "single"
+  train.train(bt_config(tiny_data_dir, total_steps=3), str(single))
+  for run in (workdir, single):
+    train.train(bt_config(tiny_data_dir, total_steps=5, allow_config_change=True),
+                str(run))
+  resumed, reference = (jax.device_get(tandem.load(str(d)).params)
+                        for d in (workdir, single))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               resumed, reference)
