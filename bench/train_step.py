@@ -18,6 +18,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tandem import optimizers  # pylint: disable=g-import-not-at-top
 from tandem import parallel
+from tandem.ssl import objectives
 from tandem.ssl import train
 
 # `--config` is defined by tandem.ssl.train, whose step this benchmark times.
@@ -27,13 +28,13 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after the compiled one."
 def main(argv):
   del argv
   config = flags.FLAGS.config
-  objective = __import__(f"tandem.ssl.{config.objective}", fromlist=["_"])
+  objective = objectives.get_objective(config.objective)
   mesh = parallel.make_mesh(config.mesh)
   model = objective.make_model(config)
   tx, lr = optimizers.make_optimizer(config)
   step_fn = train._make_step(objective.make_loss_fn(model, config), tx, lr)  # pylint: disable=protected-access
   size, ch, batch = config.input.image_size, config.input.channels, config.input.batch_size
-  init_inputs = getattr(objective, "init_inputs", train.default_init_inputs)(config)
+  init_inputs = objective.init_inputs(config)
   params, state = train.make_init_fn(model, tx, config, init_inputs)(
       jax.random.key(config.seed, impl="rbg"))
   rng = np.random.default_rng(0)

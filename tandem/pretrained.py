@@ -62,13 +62,12 @@ def load(workdir: str, step: int | None = None, check_model: bool = True) -> Pre
 
 def check_model_matches(config, params, model_state, where: str) -> None:
   """CheckpointError unless the arrays have the shapes of `config`'s model."""
-  import importlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from tandem import parallel  # pylint: disable=g-import-not-at-top
-  from tandem.ssl import train  # pylint: disable=g-import-not-at-top
-  objective = importlib.import_module(f"tandem.ssl.{config.objective}")
+  from tandem.ssl import objectives  # pylint: disable=g-import-not-at-top
+  objective = objectives.get_objective(config.objective)
   model = objective.make_model(config)
-  inputs = getattr(objective, "init_inputs", train.default_init_inputs)(config)
+  inputs = objective.init_inputs(config)
   expected = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs,
                                                train=False))
   expected = dict(expected)

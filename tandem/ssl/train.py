@@ -5,13 +5,13 @@ r"""The one pretraining loop, for every objective in `tandem/ssl/`.
 
 Read top to bottom: config → mesh → data → model/optimizer → sharding → step →
 checkpoint → evals → loop. The objective is looked up by name
-(`tandem.ssl.<config.objective>`) and provides `make_model(config)` and
-`make_loss_fn(model, config)` with
+(`tandem.ssl.objectives.get_objective(config.objective)`) and provides
+`make_model(config)` and `make_loss_fn(model, config)` with
 `loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))`,
-and optionally `init_inputs(config)`: the example inputs `model.init` is called with
-(default: one image batch of the config's size), e.g. images and tokens for
-image-text models, and `param_bounds(config)`: {top-level param name: (low, high)}
-boxes the parameters are clamped into after each update (CLIP's logit scale). Batches are dicts of arrays sharded over the batch axes: "image"
+`init_inputs(config)`: the example inputs `model.init` is called with (images and
+tokens for image-text models), and `param_bounds(config)`: {top-level param name:
+(low, high)} boxes the parameters are clamped into after each update (CLIP's logit
+scale). Batches are dicts of arrays sharded over the batch axes: "image"
 (uint8) and "label", plus "text" tokens when `config.input.text` is set.
 
 Evaluators are the dict-valued entries of `config.evals`: entry NAME is run by
@@ -53,6 +53,7 @@ from tandem import metrics_writer
 from tandem import optimizers
 from tandem import parallel
 from tandem.data import input_pipeline
+from tandem.ssl import objectives
 
 # Keys that may differ between a run and its resumption without refusal.
 RESUME_IGNORED_KEYS = ("allow_config_change",)
@@ -100,18 +101,14 @@ def check_config_matches_workdir(config, workdir: str) -> None:
         "anyway.")
 
 
-def default_init_inputs(config) -> tuple:
-  size, channels = config.input.image_size, config.input.channels
-  return (jnp.zeros((2, size, size, channels), jnp.float32),)
-
-
 def make_init_fn(model, tx, config, init_inputs=None):
   """`init(rng) -> (params, state)`: fresh params and the train state around them.
 
-  `init_inputs`: example inputs for `model.init` (default `default_init_inputs`).
+  `init_inputs`: example inputs for `model.init` (default
+  `objectives.default_init_inputs`).
   """
   if init_inputs is None:
-    init_inputs = default_init_inputs(config)
+    init_inputs = objectives.default_init_inputs(config)
 
   def init(rng):
     variables = dict(model.init(rng, *init_inputs, train=False))
@@ -185,7 +182,7 @@ class _StopSignal:
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains per `config` in `workdir`; returns the final metrics."""
   # --- Config -----------------------------------------------------------------
-  objective = importlib.import_module(f"tandem.ssl.{config.objective}")
+  objective = objectives.get_objective(config.objective)
   check_config_matches_workdir(config, workdir)
   if jax.process_index() == 0:
     checkpoint.write_config(workdir, config)
@@ -212,9 +209,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = objective.make_model(config)
   loss_fn = objective.make_loss_fn(model, config)
   tx, lr_schedule = optimizers.make_optimizer(config)
-  if hasattr(objective, "param_bounds"):
-    tx = optax.chain(tx, optimizers.clamp_params(objective.param_bounds(config)))
-  init_inputs = getattr(objective, "init_inputs", default_init_inputs)(config)
+  bounds = objective.param_bounds(config)
+  if bounds:
+    tx = optax.chain(tx, optimizers.clamp_params(bounds))
+  init_inputs = objective.init_inputs(config)
   init = make_init_fn(model, tx, config, init_inputs)
 
   # --- Sharding -----------------------------------------------------------------

@@ -135,9 +135,9 @@ class ImageTextEmbedder:
   """
 
   def __init__(self, config, batch_size: int = 1024):
-    import importlib
     from tandem.data import tokenizer as tokenizer_lib
-    objective = importlib.import_module(f"tandem.ssl.{config.objective}")
+    from tandem.ssl import objectives
+    objective = objectives.get_objective(config.objective)
     self.model = objective.make_model(config)
     self.config, self.batch_size = config, batch_size
     self.tokenizer = tokenizer_lib.get_tokenizer(config.input.text.tokenizer)
