@@ -69,3 +69,52 @@ def pytest_configure(config):
   # Subprocesses the tests start (command-line runs, multi-process training) too.
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(path, arg):
+  """`get_config(arg)` of the config file at `path`."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("config_under_test", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def bt_config(data_dir, arg="runlocal", **overrides):
+  """The Barlow Twins config on `data_dir`, with dotted-key overrides."""
+  config = load_config(os.path.join(ROOT, "configs/ssl/barlow_twins.py"), arg)
+  config.data_dir = data_dir
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def toy_task_data(n_train=80, n_val=20, n_test=40, num_classes=4, dim=8, nan=False):
+  """A `TaskData` whose extractor reads the label back from pixel 0 (features: a
+  scaled one-hot, one noise column, zeros), optionally all NaN."""
+  from tandem.transfer import protocol  # pylint: disable=g-import-not-at-top
+
+  def split(name, n, seed):
+    labels = np.arange(n) % num_classes
+    images = np.zeros((n, 2, 2, 1), np.uint8)
+    images[:, 0, 0, 0] = labels
+    images[:, 0, 1, 0] = np.random.default_rng(seed).integers(0, 255, n)
+    return protocol.Split(name, images, labels)
+
+  def extract(images, layer):
+    del layer
+    x = np.eye(num_classes)[images[:, 0, 0, 0]] * 4
+    x = np.concatenate([x, images[:, 0, 1:2, 0] / 255.0,
+                        np.zeros((len(images), dim - num_classes - 1))], 1)
+    return x * np.nan if nan else x
+
+  return protocol.TaskData("toy", num_classes, {
+      "train": split("train", n_train, 0), "val": split("val", n_val, 1),
+      "test": split("test", n_test, 2)}, extract, group="natural")

@@ -10,7 +10,7 @@ from tandem.ssl import clip
 from tandem.ssl import image_text
 from tandem.ssl import objectives
 from tandem.ssl import train
-from test_train import bt_config
+from conftest import bt_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

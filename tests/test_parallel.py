@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 import tandem
 from tandem import parallel
 from tandem.ssl import train
-from test_train import bt_config
+from conftest import bt_config
 
 
 def test_mesh_from_config():

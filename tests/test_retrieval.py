@@ -16,7 +16,7 @@ from tandem.transfer import features
 from tandem.transfer import retrieval
 from tandem.transfer import run
 
-from test_transfer import _task_data
+from conftest import toy_task_data
 
 
 def brute_force_recall(sim, owner, k):
@@ -156,7 +156,7 @@ def test_feature_records_name_their_preprocessing_beside_the_layer():
       "runlocal")
   ctx = types.SimpleNamespace(config=transfer_config,
                               model=types.SimpleNamespace(config=pretrain_config))
-  records = run.evaluate_task(_task_data(), ctx, ["fewshot", "knn"])
+  records = run.evaluate_task(toy_task_data(), ctx, ["fewshot", "knn"])
   scored = [r for r in records if "value" in r]
   assert {r["evaluator"] for r in scored} >= {"fewshot_1shot", "knn_k20_T0.07"}
   expected = features.preprocessing(pretrain_config.input)

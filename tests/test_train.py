@@ -1,7 +1,6 @@
 """The pretraining loop: every config runs, resume == uninterrupted, bad input is
 refused clearly and loses nothing. Runs on the 8 fake CPU devices of conftest."""
 import glob
-import importlib.util
 import json
 import os
 import signal
@@ -18,28 +17,10 @@ from tandem import metrics_writer
 from tandem.data import input_pipeline
 from tandem.ssl import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, bt_config, load_config
+
 SSL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "ssl", "*.py")))
 SSL_CONFIGS = [p for p in SSL_CONFIGS if not p.endswith("__init__.py")]
-
-
-def load_config(path, arg):
-  spec = importlib.util.spec_from_file_location("config_under_test", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def bt_config(data_dir, arg="runlocal", **overrides):
-  config = load_config(os.path.join(ROOT, "configs/ssl/barlow_twins.py"), arg)
-  config.data_dir = data_dir
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
 
 
 # MAE is defined for ViTs only (it drops patches; tests/test_mae.py checks that the

@@ -20,8 +20,8 @@ from tandem.transfer import linear_probe
 from tandem.transfer import protocol
 from tandem.transfer import run
 
+from conftest import ROOT, bt_config, load_config, toy_task_data
 from conftest import prepare_fake_fashion_mnist, prepare_tiny_captioned_shapes
-from test_train import ROOT, bt_config, load_config
 
 
 def _blobs(n, num_classes, dim, sep, seed):
@@ -96,26 +96,6 @@ def test_separable_features_give_100_and_random_features_give_chance():
     assert abs(top1 - 0.1) < tolerance
 
 
-def _task_data(n_train=80, n_val=20, n_test=40, num_classes=4, dim=8, nan=False):
-  def split(name, n, seed):
-    labels = np.arange(n) % num_classes
-    images = np.zeros((n, 2, 2, 1), np.uint8)
-    images[:, 0, 0, 0] = labels  # The extractor reads the label back from pixel 0.
-    images[:, 0, 1, 0] = np.random.default_rng(seed).integers(0, 255, n)
-    return protocol.Split(name, images, labels)
-
-  def extract(images, layer):
-    del layer
-    x = np.eye(num_classes)[images[:, 0, 0, 0]] * 4
-    x = np.concatenate([x, images[:, 0, 1:2, 0] / 255.0,
-                        np.zeros((len(images), dim - num_classes - 1))], 1)
-    return x * np.nan if nan else x
-
-  return protocol.TaskData("toy", num_classes, {
-      "train": split("train", n_train, 0), "val": split("val", n_val, 1),
-      "test": split("test", n_test, 2)}, extract, group="natural")
-
-
 class _Ctx:
   """What the suite's evaluators read from run.Context, for toy data."""
   def __init__(self, config):
@@ -125,7 +105,7 @@ class _Ctx:
 def test_suite_evaluators_fence_off_test_during_selection():
   from configs.transfer import vtab as vtab_config
   ctx = _Ctx(vtab_config.get_config("runlocal"))
-  data = _task_data()
+  data = toy_task_data()
   records = (run._linear_probe(data, ctx) + run._fewshot(data, ctx)
              + run._knn(data, ctx))
   scores = {r["evaluator"]: r["value"] for r in records if "value" in r}
@@ -143,7 +123,7 @@ def test_suite_evaluators_fence_off_test_during_selection():
 
 
 def test_fewer_examples_than_shots_is_a_recorded_skip_and_nan_is_an_error():
-  data = _task_data(n_train=12, n_val=4)  # 4 examples per class in train+val.
+  data = toy_task_data(n_train=12, n_val=4)  # 4 examples per class in train+val.
   records = fewshot.evaluate_task(data, {"shots": (1, 5), "seeds": (0,)})
   assert [r["evaluator"] for r in records] == ["fewshot_1shot", "fewshot_5shot"]
   assert "value" in records[0] and "have only [4]" in records[1]["skipped"]
@@ -151,7 +131,7 @@ def test_fewer_examples_than_shots_is_a_recorded_skip_and_nan_is_an_error():
   with pytest.raises(fewshot.NotEnoughExamplesError, match="25-shot"):
     fewshot.fewshot(x, y, x, y, shots=(25,))
   with pytest.raises(protocol.NonFiniteFeaturesError, match="toy/train"):
-    _task_data(nan=True).features("train", "pre_logits")
+    toy_task_data(nan=True).features("train", "pre_logits")
 
 
 @pytest.fixture(scope="module")
