@@ -30,15 +30,13 @@ from tandem.ssl import config_base
 
 
 def simclr_views(*, rgb: bool, small: bool) -> dict:
-  """SimCLR's views (Appendix A), identical for both."""
-  view = dict(crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
-              jitter_prob=0.8, brightness=0.8, contrast=0.8,
-              saturation=0.8 if rgb else 0.0, hue=0.2 if rgb else 0.0,
-              grayscale_prob=0.2 if rgb else 0.0, blur_prob=0.5,
-              blur_sigma=(0.1, 2.0), blur_kernel_frac=0.1, solarize_prob=0.0,
-              solarize_threshold=0.5)
-  views = dict(view1=view, view2=dict(view))
-  return config_base.small_dataset_views(views) if small else views
+  """SimCLR's views (Appendix A), identical for both: BYOL's view 1 (same crop,
+  flip, jitter and grayscale probabilities, blur sigma) with colour jitter strength
+  1 and blur p 0.5 (tests/test_recipes.py pins every value)."""
+  view = dict(config_base.byol_views(rgb=rgb, small=small)["view1"],
+              brightness=0.8, contrast=0.8, saturation=0.8 if rgb else 0.0,
+              hue=0.2 if rgb else 0.0, blur_prob=0.5)
+  return dict(view1=view, view2=dict(view))
 
 
 def get_config(arg=None):
