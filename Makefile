@@ -26,7 +26,7 @@ fashion-mnist:
 demo: install fashion-mnist
 	$(PYTHON) -m tandem.ssl.train \
 	  --config configs/ssl/barlow_twins.py:dataset=fashion_mnist,model=cnn \
-	  --config.data_dir=$(DATA_DIR) --config.evals.baselines=True \
+	  --config.data_dir=$(DATA_DIR) --config.evals.linear_probe.baselines=True \
 	  --workdir $(WORKDIR)
 
 test: install-test

@@ -93,7 +93,8 @@ def main():
   args = parser.parse_args()
 
   import jax
-  from tandem.transfer import linear_probe as lp
+  from tandem.transfer import lbfgs
+  from tandem.transfer import probe
 
   train_x, train_y, test_x, test_y = load_features(args)
   print(f"features: train {train_x.shape}, test {test_x.shape}, "
@@ -104,29 +105,29 @@ def main():
 
   # 1. The protocol picks the L2 that the single fits then use.
   t = time.perf_counter()
-  result = lp.linear_probe(train_x, train_y, test_x, test_y)
+  result = probe.linear_probe(train_x, train_y, test_x, test_y)
   first_s = time.perf_counter() - t
   t = time.perf_counter()
-  result = lp.linear_probe(train_x, train_y, test_x, test_y)
+  result = probe.linear_probe(train_x, train_y, test_x, test_y)
   probe_s = time.perf_counter() - t
-  print(f"tandem probe (sweep {len(lp.DEFAULT_L2_GRID)} L2 + refit): {probe_s:.2f} s "
+  print(f"tandem probe (sweep {len(probe.DEFAULT_L2_GRID)} L2 + refit): {probe_s:.2f} s "
         f"({first_s:.2f} s first call, with compilation), test top-1 "
         f"{result['test_top1']:.4f}, l2 {result['l2']:g}, refit iterations "
         f"{result['iterations']}; {load()}")
   l2 = result["l2"]
 
   t = time.perf_counter()
-  (w, b), iters = lp.fit_logistic_regression(train_s, train_y, num_classes, l2)
+  (w, b), iters = lbfgs.fit_logistic_regression(train_s, train_y, num_classes, l2)
   jax.block_until_ready(w)
   compile_s = time.perf_counter() - t
   times = []
   for _ in range(args.repeats):
     t = time.perf_counter()
-    (w, b), iters = lp.fit_logistic_regression(train_s, train_y, num_classes, l2)
+    (w, b), iters = lbfgs.fit_logistic_regression(train_s, train_y, num_classes, l2)
     jax.block_until_ready(w)
     times.append(time.perf_counter() - t)
   fit_s = float(np.median(times))
-  acc = lp._accuracy((w, b), test_s, test_y)  # pylint: disable=protected-access
+  acc = lbfgs.accuracy((w, b), test_s, test_y)
   ours = objective(w, b, train_s, train_y, l2)
   print(f"tandem one fit at l2={l2:g}: {fit_s:.3f} s (median of {args.repeats}; "
         f"min {min(times):.3f}, max {max(times):.3f}; first call {compile_s:.2f} s "
@@ -151,7 +152,7 @@ def main():
     fit = np.setdiff1d(np.arange(len(train_x)), val)
     t = time.perf_counter()
     scores = {}
-    for l2_value in lp.DEFAULT_L2_GRID:
+    for l2_value in probe.DEFAULT_L2_GRID:
       clf, ok = sklearn_fit(train_s[fit], train_y[fit], l2_value, args.sklearn_max_iter)
       scores[l2_value] = float(np.mean(clf.predict(train_s[val]) == train_y[val]))
       print(f"  sklearn l2={l2_value:g}: {int(clf.n_iter_[0])} iterations "

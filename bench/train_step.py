@@ -16,12 +16,14 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tandem import optimizers  # pylint: disable=g-import-not-at-top
+from tandem import config_arg  # pylint: disable=g-import-not-at-top
+from tandem import optimizers
 from tandem import parallel
+from tandem import train_state
 from tandem.ssl import objectives
 from tandem.ssl import train
 
-# `--config` is defined by tandem.ssl.train, whose step this benchmark times.
+# `--config` is defined while parsing, from the file it names (`config_arg`).
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after the compiled one.")
 
 
@@ -32,7 +34,8 @@ def main(argv):
   mesh = parallel.make_mesh(config.mesh)
   model = objective.make_model(config)
   tx, lr = optimizers.make_optimizer(config)
-  step_fn = train._make_step(objective.make_loss_fn(model, config), tx, lr)  # pylint: disable=protected-access
+  step_fn = train_state.make_step(objective.make_loss_fn(model, config), tx,
+                                  lr_schedule=lr)
   size, ch, batch = config.input.image_size, config.input.channels, config.input.batch_size
   init_inputs = objective.init_inputs(config)
   params, state = train.make_init_fn(model, tx, config, init_inputs)(
@@ -62,5 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: config_arg.parse_flags(flags.FLAGS, argv))

@@ -19,6 +19,7 @@ the result equals the single-device result.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Sequence
 
@@ -110,3 +111,59 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       local_batch)
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """How many ways the mesh splits a batch (the product of the batch axes)."""
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def hashable(value):
+  """Nested dicts/lists as sorted tuples: a static argument for `jax.jit` or a
+  cache key."""
+  if isinstance(value, dict):
+    return tuple(sorted((k, hashable(v)) for k, v in value.items()))
+  if isinstance(value, (list, tuple)):
+    return tuple(hashable(v) for v in value)
+  return value
+
+
+def host_to_global(x: np.ndarray, sharding) -> jax.Array:
+  """A host array that every process holds in full, as a global array."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _replicate(x, sharding):
+  return jax.lax.with_sharding_constraint(x, sharding)
+
+
+def batched_map(fn, inputs: np.ndarray, batch_size: int, *, mesh: Mesh | None = None,
+                empty_shape: tuple = (0, 0)) -> np.ndarray:
+  """`fn(batch)` over `inputs` in fixed-size batches, as one host array.
+
+  Every batch has the same shape (the last one is padded with zeros and the padding
+  dropped from the output), so `fn` compiles once: the batch is `batch_size`, or
+  `len(inputs)` when that is smaller, rounded up to a multiple of the mesh's batch
+  shards. With a `mesh`, each batch is split over the batch axes (every process
+  holds all of `inputs`, so this is multi-host safe) and the output replicated.
+  """
+  shards = 1
+  if mesh is not None:
+    shards = batch_shards(mesh)
+    sharding, out_sharding = batch_sharding(mesh), replicated(mesh)
+  round_up = lambda n: -(-n // shards) * shards
+  batch = min(round_up(batch_size), round_up(max(len(inputs), 1)))
+  outputs = []
+  for start in range(0, len(inputs), batch):
+    chunk = inputs[start:start + batch]
+    pad = batch - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    if mesh is not None:
+      out = _replicate(fn(host_to_global(chunk, sharding)), out_sharding)
+    else:
+      out = fn(chunk)
+    outputs.append(np.asarray(out)[:batch - pad])
+  return np.concatenate(outputs) if outputs else np.zeros(empty_shape, np.float32)

@@ -29,6 +29,11 @@ class Pretrained:
   step: int
 
   @property
+  def variables(self) -> dict:
+    """The whole model's {"params": ..., **model_state}, as evaluators take it."""
+    return {"params": self.params, **self.model_state}
+
+  @property
   def encoder_variables(self) -> dict:
     return features.encoder_variables(self.params, self.model_state)
 

@@ -74,13 +74,11 @@ def pytest_configure(config):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(path, arg):
-  """`get_config(arg)` of the config file at `path`."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("config_under_test", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+def load_config(path, arg=None):
+  """`get_config(arg)` of the config file at `path` (`tandem.config_arg.load_config`,
+  as the command line loads it)."""
+  from tandem import config_arg  # pylint: disable=g-import-not-at-top
+  return config_arg.load_config(path if arg is None else f"{path}:{arg}")
 
 
 def bt_config(data_dir, arg="runlocal", **overrides):

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from configs import common
 from configs.ssl import barlow_twins as barlow_twins_config
 from tandem import optimizers
+from tandem import train_state
 from tandem.data import augment
-from tandem.ssl import config_base
 from tandem.ssl import siamese
 from tandem.ssl import train
 
@@ -54,8 +55,7 @@ def _run(cfg, images, seed=0):
 def _default_views(channels):
   """two_views with the default configs on a batch of 8 copies of one image: the jitted
   function, the batch, its views with key 0 and its views with key 1."""
-  cfg = ml_collections.ConfigDict(config_base.byol_views(rgb=channels == 3,
-                                                         small=False))
+  cfg = ml_collections.ConfigDict(common.byol_views(rgb=channels == 3, small=False))
   image = (_images(1, channels) * 255).astype(np.uint8)
   images = np.repeat(image, 8, axis=0)
   fn = jax.jit(lambda rng, x: augment.two_views(rng, x, cfg))
@@ -104,7 +104,7 @@ class _OneParameter(nn.Module):
 
 
 def test_train_step_draws_new_views_at_every_step():
-  """The views are drawn inside the jitted train step (`train._make_step`) from the
+  """The views are drawn inside the jitted train step (`train_state.make_step`) from the
   key it derives from the train state and the step: the same batch gets new views
   at every step, two different views within a step, and at a step rerun from the
   same state (a resumed run) the same views again."""
@@ -117,7 +117,7 @@ def test_train_step_draws_new_views_at_every_step():
   tx, lr_schedule = optimizers.make_optimizer(config)
   params, state = train.make_init_fn(_OneParameter(), tx, config, (jnp.zeros(()),))(
       jax.random.key(0))
-  train_step = jax.jit(train._make_step(loss_fn, tx, lr_schedule))
+  train_step = jax.jit(train_state.make_step(loss_fn, tx, lr_schedule=lr_schedule))
   batch = {"image": (_images(4, channels=1) * 255).astype(np.uint8)}
   views, states = [], [state]
   for _ in range(3):
@@ -277,7 +277,7 @@ def _reference_jitter(img, factors, hue_shift, order):
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_color_jitter_matches_torchvision_in_each_order(channels):
-  p = augment._read_config(dict(config_base.byol_views(rgb=True, small=False)["view2"],
+  p = augment._read_config(dict(common.byol_views(rgb=True, small=False)["view2"],
                                 brightness=0.6, contrast=0.6, saturation=0.6, hue=0.3))
   names = ("brightness", "contrast", "saturation", "hue")[:4 if channels == 3 else 2]
   jitter = jax.jit(lambda u, img: augment._color_jitter(u, img, p))

@@ -1,5 +1,5 @@
 """captioned_shapes: captions checked against the pixels, held-out compositions,
-determinism. Examples come from `generate` (no TFDS build needed)."""
+determinism. Examples come from `CaptionedShapes.generate` (no TFDS build needed)."""
 import itertools
 import re
 
@@ -8,6 +8,7 @@ import pytest
 from scipy import ndimage
 
 from tandem.data import captioned_shapes as cs
+from tandem.data import procedural
 
 COUNTS = {"one": 1, "two": 2, "three": 3}
 _GROUP = (r"(one|two|three) (small|large) (\w+) (circle|square|triangle|cross)"
@@ -30,7 +31,7 @@ def parse(caption: str) -> tuple[list[dict], str | None]:
 
 @pytest.fixture(scope="module")
 def examples():
-  return {split: list(cs.generate(cs.SEED, n, split))
+  return {split: cs.CaptionedShapes.generate(split, 0, n)
           for split, n in (("train", 300), ("validation", 100), ("test", 100))}
 
 
@@ -58,11 +59,13 @@ def test_longest_caption():
 
 
 def test_deterministic(examples):
-  again = list(cs.generate(cs.SEED, 50, "train"))  # a prefix of the fixture's
+  again = cs.CaptionedShapes.generate("train", 0, 50)  # a prefix of the fixture's
   for a, b in zip(examples["train"], again):
     np.testing.assert_array_equal(a["image"], b["image"])
     assert a["caption"] == b["caption"] and a["label"] == b["label"]
-  other = list(cs.generate(cs.SEED + 1, 50, "train"))
+  later = cs.CaptionedShapes.generate("train", 10, 5)  # example i depends on i alone
+  assert [e["caption"] for e in later] == [e["caption"] for e in again[10:15]]
+  other = cs.CaptionedShapes.generate("train", 0, 50, seed=procedural.SEED + 1)
   assert [e["caption"] for e in other] != [e["caption"] for e in again]
 
 

@@ -4,7 +4,9 @@ in test_transfer.py."""
 import numpy as np
 import pytest
 
-from tandem.transfer import fewshot
+from tandem.transfer import protocol
+from tandem.transfer import report
+from tandem.transfer import ridge as fewshot
 
 # google-research/big_vision, big_vision/evaluators/fewshot_lsr.py: BIAS_CONSTANT.
 BIG_VISION_BIAS = 100.0
@@ -64,26 +66,23 @@ def test_bias_column_cannot_change_balanced_predictions():
                                   _ridge(x[idx], y[idx], 3, l2, 1.0)[1](tx))
 
 
-def _periodic_evaluator(block):
-  """The pretraining evaluator without its data loading (`evaluate` is the math)."""
-  evaluator = fewshot.Evaluator.__new__(fewshot.Evaluator)
-  evaluator.block, evaluator.layer = block, block["layer"]
-  return evaluator
-
-
 def test_periodic_evaluator_reports_every_seed_and_mean_std_over_seeds():
   x, y = _unbalanced(900, 8, 4, prior=(0.25,) * 4)
   x, y, tx, ty = x[:600], y[:600], x[600:], y[600:]
   shots, seeds = (1, 5), (0, 1, 2)
-  metrics = _periodic_evaluator(
-      {"layer": "pre_logits", "shots": shots, "seeds": seeds}).evaluate(x, y, tx, ty)
+  # As inside pretraining: the task's records, as named metrics.
+  data = protocol.TaskData.carved(
+      "toy", 4, protocol.Split("train", x, y), protocol.Split("test", tx, ty),
+      num_val=0, seed=0, extract=lambda features, layer: features)
+  metrics = report.metrics(fewshot.evaluate_task(
+      data, {"layer": "pre_logits", "shots": shots, "seeds": seeds}))
   expected = set()
   for s in shots:
     # Every seed on its own: a separate call that knows no other seed.
     per_seed = [fewshot.fewshot(x, y, tx, ty, shots=(s,), seeds=(seed,))[s]["top1"][0]
                 for seed in seeds]
     assert len(set(per_seed)) > 1, per_seed  # Seeds differ, so std is not trivially 0.
-    name = f"fewshot/pre_logits/{s}shot_top1"
+    name = f"fewshot_{s}shot/pre_logits/test_top1"
     for seed, top1 in zip(seeds, per_seed):
       assert metrics[f"{name}_seed{seed}"] == pytest.approx(top1)
     assert metrics[f"{name}_mean"] == pytest.approx(np.mean(per_seed))

@@ -10,6 +10,7 @@ from tandem import models
 from tandem import parallel
 from tandem.transfer import features
 from tandem.transfer import finetune
+from tandem.transfer import periodic
 from tandem.transfer import protocol
 
 NUM_CLASSES = 4
@@ -178,7 +179,8 @@ def test_evaluate_task_selects_lr_on_val_without_touching_test(cnn):
   # lr 0 leaves the zero head at zero: val top-1 = 1/4. The good lr comes second,
   # so only a choice by val score (ties go to the earlier value) picks it.
   record, = finetune.evaluate_task(
-      task, config, variables, dict(FAST, steps=20, lr_per_512_grid=(0.0, 1.0)))
+      task, dict(FAST, steps=20, lr_per_512_grid=(0.0, 1.0)),
+      protocol.Model(config, variables))
   assert ("test", True) not in task.reads and ("test", False) in task.reads
   assert record["lr_per_512"] == 1.0 and record["val_top1"] > 0.9, record
   assert record["value"] > 0.9
@@ -231,15 +233,18 @@ def test_overrides_scale_the_schedule_and_clip_the_batch():
 def test_evaluator_runs_from_the_pretraining_config(cnn, tiny_data_dir):
   config, variables = cnn
   config = config.copy_and_resolve_references()
-  config.evals.finetune = dict(
+  config.evals = dict(finetune=dict(
       dataset="fashion_mnist", train_split="train", test_split="test",
-      max_train=64, max_test=32, num_val=32, **dict(FAST, mode="full", steps=20))
-  metrics = finetune.Evaluator(config, data_dir=tiny_data_dir).run(variables)
-  assert set(metrics) == {"finetune/full/test_top1", "finetune/full/val_top1",
-                          "finetune/full/lr_per_512"}
+      max_train=64, max_test=32, num_val=32, every=0,
+      **dict(FAST, mode="full", steps=20)))
+  evals = periodic.PeriodicEvals(config, data_dir=tiny_data_dir)
+  metrics, images = evals.run(evals.due(config.total_steps), 0, variables)
+  assert not images
+  assert set(metrics) == {"finetune_full/test_top1", "finetune_full/val_top1",
+                          "finetune_full/lr_per_512"}
   # conftest's images are separable (a bar whose row is the label): far above the
   # 10 classes' chance, scored on exactly max_test and num_val examples.
-  test_top1, val_top1 = (metrics[f"finetune/full/{s}_top1"] for s in ("test", "val"))
+  test_top1, val_top1 = (metrics[f"finetune_full/{s}_top1"] for s in ("test", "val"))
   assert test_top1 > 0.5 and val_top1 > 0.3, metrics
   assert (32 * test_top1).is_integer() and (32 * val_top1).is_integer()
-  assert metrics["finetune/full/lr_per_512"] == FAST["lr_per_512"]
+  assert metrics["finetune_full/lr_per_512"] == FAST["lr_per_512"]

@@ -58,16 +58,6 @@ def test_non_positive_temperature_is_a_config_error(name, field, value):
     module.make_model(config)
 
 
-def test_all_empty_captions_are_refused():
-  config = load_config("clip")
-  tokens = np.zeros((4, 8), np.int32)
-  tokens[:, 0], tokens[:, 1] = 1, 2  # bos, eos: empty strings.
-  with pytest.raises(train.EmptyCaptionsError, match="input.text.feature"):
-    train._check_captions(tokens, 7, config)
-  tokens[2, 1:3] = (100, 2)  # One real caption is enough.
-  train._check_captions(tokens, 7, config)
-
-
 def test_zero_batch_is_a_config_error(tiny_data_dir, tmp_path):
   config = load_config("clip")
   config.data_dir = tiny_data_dir
@@ -189,9 +179,9 @@ def test_runlocal_on_captioned_shapes_reports_zeroshot_and_recall(name,
   config.data_dir = shapes_data_dir
   results = train.train(config, str(tmp_path))
   final = results["final"]
-  assert 0.0 <= final["zeroshot/captioned_shapes/test/top1"] <= 1.0
+  assert 0.0 <= final["zeroshot/image_text_embedding/test_top1"] <= 1.0
   for k in (1, 5, 10):
-    assert 0.0 <= final[f"retrieval/captioned_shapes/validation/i2t_recall@{k}"] <= 1
-  assert final["retrieval/captioned_shapes/validation/t2i_recall@10"] >= \
-      final["retrieval/captioned_shapes/validation/t2i_recall@1"]
+    assert 0.0 <= final[f"retrieval/image_text_embedding/i2t_recall@{k}"] <= 1
+  recall = lambda k: final[f"retrieval/image_text_embedding/t2i_recall@{k}"]
+  assert recall(10) >= recall(1)
   assert final["data/captions_truncated"] == 0

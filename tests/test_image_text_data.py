@@ -1,6 +1,7 @@
 """Image-text loading: captioned_shapes prepared and read by name, a local stand-in
 for TFDS's coco_captions (several captions per image, no label), class-name
-captions for labelled datasets, truncation, and exact resume."""
+captions for labelled datasets, truncation counted in the iterator's state, empty
+captions refused, and exact resume."""
 import json
 
 import ml_collections
@@ -40,8 +41,8 @@ def shapes_dir(tmp_path_factory):
 
 def _generated(split: str) -> dict[bytes, dict]:
   """Image bytes -> example, for the examples prepared in `shapes_dir`."""
-  return {e["image"].tobytes(): e for e in captioned_shapes.generate(
-      captioned_shapes.SEED, SHAPES_SIZES[split], split)}
+  return {e["image"].tobytes(): e for e in captioned_shapes.CaptionedShapes.generate(
+      split, 0, SHAPES_SIZES[split])}
 
 
 def _shapes_iterator(data_dir, **kwargs):
@@ -67,10 +68,12 @@ def test_captioned_shapes_builder(shapes_dir):
 
 def test_captioned_shapes_train_batches(shapes_dir):
   generated = _generated("train")
-  batch = next(_shapes_iterator(shapes_dir))
+  iterator = _shapes_iterator(shapes_dir)
+  batch = next(iterator)
+  assert batch.keys() == {"image", "label", "text"}
   assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.uint8
   assert batch["text"].shape == (8, 64) and batch["text"].dtype == np.int32
-  assert batch["text_truncated"].dtype == bool and not batch["text_truncated"].any()
+  assert iterator.metrics() == {"data/captions_truncated": 0}
   for image, text, label in zip(batch["image"], _texts(batch), batch["label"]):
     example = generated[image.tobytes()]
     assert text == example["caption"] and label == example["label"]
@@ -91,12 +94,43 @@ def test_captioned_shapes_load_image_text(shapes_dir):
   assert prompts[0] == [t.format(names[labels[0]]) for t in captions_lib.TEMPLATES]
 
 
-def test_long_captions_are_truncated_and_flagged(shapes_dir):
-  batch = next(_shapes_iterator(shapes_dir, text=dict(feature="caption", max_len=16)))
-  full = [len(t) for t in _texts(next(_shapes_iterator(shapes_dir)))]
-  np.testing.assert_array_equal(batch["text_truncated"], np.greater(full, 14))
-  assert batch["text_truncated"].any()
-  assert (batch["text"][batch["text_truncated"], -1] == BYTES.eos_id).all()
+def test_long_captions_are_truncated_and_counted(shapes_dir):
+  short = _shapes_iterator(shapes_dir, text=dict(feature="caption", max_len=16))
+  full = _shapes_iterator(shapes_dir)
+  counts = []
+  for _ in range(3):
+    batch, texts = next(short), _texts(next(full))
+    cut = np.greater([len(t) for t in texts], 14)  # bos + 14 bytes + eos
+    assert cut.any()
+    assert _texts(batch) == [t[:14] for t in texts]
+    assert (batch["text"][cut, -1] == BYTES.eos_id).all()
+    counts.append(int(cut.sum()))
+    assert short.metrics() == {"data/captions_truncated": sum(counts)}
+  assert short.get_state() == {"next_index": 3, "captions_truncated": sum(counts)}
+
+
+def test_truncation_count_resumes_on_process_zero(shapes_dir):
+  """The saved count is the total over processes; a resume with any number of
+  processes restarts it on process 0 alone, so no caption is counted twice."""
+  text = dict(feature="caption", max_len=16)
+  reference = _shapes_iterator(shapes_dir, text=text)
+  _take(reference, 2)
+  state = json.loads(json.dumps(reference.get_state()))
+  assert state["captions_truncated"] > 0
+  expected = _take(reference, 2)
+  first, second = (_shapes_iterator(shapes_dir, text=text, process_index=p,
+                                    process_count=2) for p in (0, 1))
+  for iterator in (first, second):
+    iterator.set_state(state)
+  assert first.metrics() == {"data/captions_truncated": state["captions_truncated"]}
+  assert second.metrics() == {"data/captions_truncated": 0}
+  for want in expected:  # the two halves of each global batch, counted once
+    halves = [next(first), next(second)]
+    np.testing.assert_array_equal(np.concatenate([h["text"] for h in halves]),
+                                  want["text"])
+  assert (first.metrics()["data/captions_truncated"]
+          + second.metrics()["data/captions_truncated"]
+          == reference.metrics()["data/captions_truncated"])
 
 
 def test_text_options_are_checked(shapes_dir):
@@ -221,6 +255,25 @@ def test_coco_captions_train_batches(coco_dir):
   for i, texts in picked.items():  # every caption of each image gets picked
     want = {f"image {i} caption {j}" for j in range(i % 4)} or {""}
     assert texts == ({"", "image 6 caption 1"} if i == 6 else want)
+
+
+def test_all_empty_captions_are_refused(coco_dir):
+  """Images 0 and 4 have no caption: a batch of one of them alone is refused, with
+  its global batch number; a batch with one real caption is not (batches of 4
+  always hold one)."""
+  iterator = _coco_iterator(coco_dir, global_batch_size=1)
+  for batch_number in range(8):  # one epoch
+    try:
+      batch = next(iterator)
+    except input_pipeline.EmptyCaptionsError as e:
+      assert f"batch at step {batch_number} is empty" in str(e)
+      assert "input.text.feature" in str(e) and "'captions/text'" in str(e)
+      break
+    assert _image_index(batch["image"])[0] not in (0, 4)
+  else:
+    pytest.fail("No batch of an uncaptioned image was refused.")
+  assert issubclass(input_pipeline.EmptyCaptionsError, ValueError)
+  _take(_coco_iterator(coco_dir), 8)  # two epochs, images 0 and 4 among others
 
 
 def test_coco_captions_load_image_text(coco_dir):

@@ -3,7 +3,8 @@ import numpy as np
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 
-from tandem.transfer import linear_probe
+from tandem.transfer import lbfgs
+from tandem.transfer import probe
 
 
 def _data(seed=0):
@@ -15,7 +16,7 @@ def _data(seed=0):
 def test_fit_matches_sklearn_optimum():
   x, y, _, _ = _data()
   l2 = 1e-2
-  (w, b), _ = linear_probe.fit_logistic_regression(x, y, 4, l2, max_iter=300)
+  (w, b), _ = lbfgs.fit_logistic_regression(x, y, 4, l2, max_iter=300)
   # sklearn minimises 0.5‖W‖² + C Σ CE; ours mean CE + l2‖W‖²: C = 1 / (2 l2 N).
   ref = LogisticRegression(C=1 / (2 * l2 * len(x)), tol=1e-10, max_iter=5000).fit(x, y)
   np.testing.assert_allclose(np.asarray(w), ref.coef_.T, atol=2e-3)
@@ -27,7 +28,7 @@ def test_zero_weight_examples_are_left_out():
   x, y, _, _ = _data()
   weights = np.zeros(len(x), np.float32)
   weights[:600] = 1
-  fit = lambda *a, **k: linear_probe.fit_logistic_regression(*a, max_iter=300, **k)[0]
+  fit = lambda *a, **k: lbfgs.fit_logistic_regression(*a, max_iter=300, **k)[0]
   w1, b1 = fit(x, y, 4, 1e-3, weights=weights)
   w2, b2 = fit(x[:600], y[:600], 4, 1e-3)
   w3, _ = fit(x, y, 4, 1e-3)
@@ -38,9 +39,9 @@ def test_zero_weight_examples_are_left_out():
 
 def test_model_selection_never_sees_test_labels():
   x, y, xt, yt = _data()
-  a = linear_probe.linear_probe(x, y, xt, yt, num_val=200)
+  a = probe.linear_probe(x, y, xt, yt, num_val=200)
   shuffled = np.random.default_rng(0).permutation(yt)
-  b = linear_probe.linear_probe(x, y, xt, shuffled, num_val=200)
+  b = probe.linear_probe(x, y, xt, shuffled, num_val=200)
   assert a["l2"] == b["l2"] and a["val_top1"] == b["val_top1"]
   assert a["test_top1"] > 0.7 > b["test_top1"]
   sk = LogisticRegression(max_iter=2000).fit(x, y).score(xt, yt)
@@ -63,9 +64,9 @@ def _sklearn_optimum(x, y, l2):
 
 def test_sampled_curvature_blocks_reach_the_optimum():
   x, y = _larger_data()
-  assert len(x) > max(linear_probe._BLOCK_ROWS, linear_probe._MIN_WARMUP_ROWS)
+  assert len(x) > max(lbfgs._BLOCK_ROWS, lbfgs._MIN_WARMUP_ROWS)
   l2 = 1e-4
-  (w, b), iters = linear_probe.fit_logistic_regression(x, y, 5, l2, tol=1e-6)
+  (w, b), iters = lbfgs.fit_logistic_regression(x, y, 5, l2, tol=1e-6)
   ref_w, ref_b = _sklearn_optimum(x, y, l2)
   np.testing.assert_allclose(np.asarray(w), ref_w, atol=2e-3)
   np.testing.assert_allclose(np.asarray(b), ref_b, atol=2e-3)
@@ -79,17 +80,17 @@ def test_accelerator_layout_and_other_preconditioners_reach_the_same_optimum(
   x, y = _larger_data()
   l2 = 1e-4
   ref_w, ref_b = _sklearn_optimum(x, y, l2)
-  xt, _, y1 = linear_probe._device_data(x, y, 5)
+  xt, _, y1 = lbfgs.device_data(x, y, 5)
   init = (np.zeros((16, 5), np.float32), np.zeros(5, np.float32))
-  (w, b), _ = linear_probe._solve((xt, None, y1), 5, l2, init, 300, None, 1e-6)
+  (w, b), _ = lbfgs.solve((xt, None, y1), 5, l2, init, 300, None, 1e-6)
   np.testing.assert_allclose(np.asarray(w), ref_w, atol=2e-3)
   np.testing.assert_allclose(np.asarray(b), ref_b, atol=2e-3)
-  monkeypatch.setattr(linear_probe, "_MAX_BLOCK_FLOATS", 0)  # -> "shared"
-  (w, b), _ = linear_probe.fit_logistic_regression(x, y, 5, l2, init=init, tol=1e-6)
+  monkeypatch.setattr(lbfgs, "_MAX_BLOCK_FLOATS", 0)  # -> "shared"
+  (w, b), _ = lbfgs.fit_logistic_regression(x, y, 5, l2, init=init, tol=1e-6)
   np.testing.assert_allclose(np.asarray(w), ref_w, atol=2e-3)
   np.testing.assert_allclose(np.asarray(b), ref_b, atol=2e-3)
   # No blocks (when building them would cost more than it saves), from cold.
-  monkeypatch.setattr(linear_probe, "_blocks_kind", lambda *args: "none")
-  (w, b), _ = linear_probe.fit_logistic_regression(x, y, 5, l2, tol=1e-6)
+  monkeypatch.setattr(lbfgs, "_blocks_kind", lambda *args: "none")
+  (w, b), _ = lbfgs.fit_logistic_regression(x, y, 5, l2, tol=1e-6)
   np.testing.assert_allclose(np.asarray(w), ref_w, atol=2e-3)
   np.testing.assert_allclose(np.asarray(b), ref_b, atol=2e-3)

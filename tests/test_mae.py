@@ -14,6 +14,7 @@ from configs.ssl import mae as mae_config
 from tandem import parallel
 from tandem.ssl import mae
 from tandem.ssl import train
+from tandem.transfer import protocol
 
 
 def test_patchify_unpatchify_round_trip_and_patch_layout():
@@ -186,7 +187,7 @@ def test_runlocal_trains_and_writes_reconstructions(tiny_data_dir, tmp_path):
   results = train.train(config, str(tmp_path))
   assert results["step"] == 2
   final = results["final"]
-  assert np.isfinite(final["loss"]) and np.isfinite(final["mae/reconstruction_loss"])
+  assert np.isfinite(final["loss"]) and np.isfinite(final["mae_reconstruction/loss"])
   # conftest's images are separable (a bar whose row is the label): the probe on the
   # encoder's features is far above the 10 classes' chance.
   assert final["linear_probe/pre_logits/test_top1"] > 0.8
@@ -204,17 +205,19 @@ def test_runlocal_trains_and_writes_reconstructions(tiny_data_dir, tmp_path):
 
 def test_reconstruction_grid_pastes_visible_patches(tiny_data_dir):
   config = mae_config.get_config("runlocal")
-  evaluator = mae.Evaluator(config, data_dir=tiny_data_dir)
+  settings = config.evals.reconstruction
+  data = mae.load_data(settings, config, tiny_data_dir)
   model = mae.make_model(config)
   variables = model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
-  out = evaluator.run(variables)
-  grid = out["mae/reconstruction"]
+  evaluated = protocol.Model(config, variables)
+  record, = mae.evaluate_task(data, settings, evaluated)
+  grid = mae.images(data, settings, evaluated)["mae/reconstruction"]
   # 3 rows of 8 images enlarged 2x to 56 pixels, with 1-pixel borders.
   assert grid.dtype == np.uint8 and grid.shape == (3 * 57 + 1, 8 * 57 + 1, 1)
   original, masked, recon = (
       np.stack([grid[1 + 57 * r:57 * (r + 1), 1 + 57 * j:57 * (j + 1)]
                 for j in range(8)]) for r in range(3))
-  np.testing.assert_array_equal(original[:, ::2, ::2], evaluator.images)
+  np.testing.assert_array_equal(original[:, ::2, ::2], data.images)
   # Per 4x4 patch (8x8 enlarged): the visible ones are shown as they are, and
   # pasted into the reconstruction; the masked ones are mid-gray.
   tiles = lambda x: np.asarray(mae.patchify(x.astype(np.float32), 8))
@@ -226,13 +229,14 @@ def test_reconstruction_grid_pastes_visible_patches(tiny_data_dir):
   # un-normalised with each target patch's statistics, fill the reconstruction,
   # and the reported loss is theirs (NumPy).
   mean, std = (np.asarray(v, np.float32) for v in (config.input.mean, config.input.std))
-  x = (evaluator.images / np.float32(255) - mean) / std
+  x = (data.images / np.float32(255) - mean) / std
   keep = np.stack([np.flatnonzero(v) for v in visible])
   restore = np.argsort(np.argsort(visible == 0, axis=1, kind="stable"), axis=1)
   pred = np.asarray(jax.jit(model.apply)(variables, x, keep_idx=keep,
                                          restore_idx=restore)["pred"])
   target = np.asarray(mae.patchify(x, 4))
-  np.testing.assert_allclose(out["mae/reconstruction_loss"],
+  assert (record["evaluator"], record["metric"]) == ("mae_reconstruction", "loss")
+  np.testing.assert_allclose(record["value"],
                              numpy_mae_loss(pred, target, ~visible, True), rtol=1e-4)
   pixels = (pred * np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)
             + target.mean(-1, keepdims=True))

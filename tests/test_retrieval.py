@@ -3,7 +3,6 @@ brute force, and the suite runner's retrieval on images of different sizes, with
 the preprocessing of the features recorded beside their layer in results.json."""
 import importlib
 import json
-import types
 
 import jax
 import numpy as np
@@ -13,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from tandem import checkpoint
 from tandem.transfer import features
+from tandem.transfer import protocol
 from tandem.transfer import retrieval
 from tandem.transfer import run
 
@@ -144,7 +144,7 @@ def test_suite_retrieval_on_images_of_different_sizes(tmp_path):
   for r in recalls:
     assert r["task"] == f"{_MixedSizeCaptions.name}/val" and 0 <= r["value"] <= 1
     assert (r["num_images"], r["num_captions"]) == (6, 15)
-    assert r["layer"] == run.IMAGE_TEXT_LAYER and r["preprocessing"] == expected
+    assert r["layer"] == features.IMAGE_TEXT_LAYER and r["preprocessing"] == expected
   by_metric = {r["metric"]: r["value"] for r in recalls}
   assert by_metric["i2t_recall@10"] == by_metric["t2i_recall@10"] == 1.0  # 6 images
 
@@ -154,9 +154,8 @@ def test_feature_records_name_their_preprocessing_beside_the_layer():
       "runlocal")
   pretrain_config = importlib.import_module("configs.ssl.simclr").get_config(
       "runlocal")
-  ctx = types.SimpleNamespace(config=transfer_config,
-                              model=types.SimpleNamespace(config=pretrain_config))
-  records = run.evaluate_task(toy_task_data(), ctx, ["fewshot", "knn"])
+  records = run.evaluate_task(toy_task_data(), protocol.Model(pretrain_config, {}),
+                              transfer_config, ["fewshot", "knn"])
   scored = [r for r in records if "value" in r]
   assert {r["evaluator"] for r in scored} >= {"fewshot_1shot", "knn_k20_T0.07"}
   expected = features.preprocessing(pretrain_config.input)

@@ -2,8 +2,8 @@
 labels checked against the pixels, and VTAB's label transforms on the built data.
 
 Both are built once through `prepare.prepare` with small splits and read back with
-TFDS's default decoding (`input_pipeline.get_data_source`); pixel checks use
-`generate`, which reproduces the built examples.
+TFDS's default decoding (`input_pipeline.get_data_source`); pixel checks use the
+builders' `generate`, which reproduces the built examples.
 """
 import functools
 import math
@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from tandem.data import clevr_like
 from tandem.data import dsprites_like
 from tandem.data import input_pipeline
+from tandem.data import labels
 from tandem.data import prepare
 from tandem.transfer import vtab
 
@@ -72,7 +73,7 @@ def built(data_dir):
 
 @pytest.fixture(scope="module")
 def scenes():
-  return clevr_like.generate("train", 0, 120)
+  return clevr_like.ClevrLike.generate("train", 0, 120)
 
 
 def _flatten(feature, prefix=""):
@@ -113,27 +114,28 @@ def _key(image) -> bytes:
 
 @pytest.mark.parametrize("split", list(SPLITS))
 def test_dsprites_built_equals_generate(built, split):
-  generated = dsprites_like.generate(split, 0, SPLITS[split])
-  by_image = {_key(generated["image"][i]): i for i in range(SPLITS[split])}
+  generated = dsprites_like.DspritesLike.generate(split, 0, SPLITS[split])
+  by_image = {_key(e["image"]): e for e in generated}
   assert len(by_image) == SPLITS[split]
   for example in built["dsprites_like"][split]:
     assert example["image"].dtype == np.uint8 and example["image"].shape == (64, 64, 1)
-    i = by_image.pop(_key(example["image"]))  # TFDS shuffles the order
+    expected = by_image.pop(_key(example["image"]))  # TFDS shuffles the order
     for factor in DSPRITES_FACTORS:
-      assert example[f"label_{factor}"] == generated[f"label_{factor}"][i]
-      assert example[f"value_{factor}"] == generated[f"value_{factor}"][i]  # float32
+      assert example[f"label_{factor}"] == expected[f"label_{factor}"]
+      assert expected[f"value_{factor}"].dtype == np.float32
+      assert example[f"value_{factor}"] == expected[f"value_{factor}"]
   assert not by_image
 
 
 @pytest.mark.parametrize("split", list(SPLITS))
 def test_clevr_built_equals_generate(built, split):
-  generated = clevr_like.generate(split, 0, SPLITS[split])
-  by_image = {_key(image): i for i, image in enumerate(generated["image"])}
+  generated = clevr_like.ClevrLike.generate(split, 0, SPLITS[split])
+  by_image = {_key(e["image"]): e for e in generated}
   assert len(by_image) == SPLITS[split]
   for example in built["clevr_like"][split]:
     assert example["image"].dtype == np.uint8 and example["image"].shape == (64, 96, 3)
-    i = by_image.pop(_key(example["image"]))
-    objects, expected = example["objects"], generated["objects"][i]
+    objects = example["objects"]
+    expected = by_image.pop(_key(example["image"]))["objects"]
     for key in ("color", "shape", "size", "material"):
       np.testing.assert_array_equal(objects[key], expected[key])
     coords = np.asarray(objects["pixel_coords"])
@@ -142,24 +144,35 @@ def test_clevr_built_equals_generate(built, split):
   assert not by_image
 
 
-def test_deterministic():
-  a, b = dsprites_like.generate("train", 5, 10), dsprites_like.generate("train", 5, 10)
-  for key in a:
-    np.testing.assert_array_equal(a[key], b[key])
-  later = dsprites_like.generate("train", 8, 7)  # example i depends on i alone
-  np.testing.assert_array_equal(a["image"][3:], later["image"])
-  other = dsprites_like.generate("test", 5, 10)
-  assert not np.array_equal(a["image"], other["image"])
+def _images(examples) -> np.ndarray:
+  return np.stack([e["image"] for e in examples])
 
-  a, b = clevr_like.generate("validation", 0, 6), clevr_like.generate("validation", 0, 6)
-  np.testing.assert_array_equal(a["image"], b["image"])
-  for x, y in zip(a["objects"], b["objects"]):
+
+def test_deterministic():
+  generate = dsprites_like.DspritesLike.generate
+  a, b = generate("train", 5, 10), generate("train", 5, 10)
+  assert len(a) == 10
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
     for key in x:
       np.testing.assert_array_equal(x[key], y[key])
-  later = clevr_like.generate("validation", 2, 4)
-  np.testing.assert_array_equal(a["image"][2:], later["image"])
-  other = clevr_like.generate("train", 0, 6)
-  assert not np.array_equal(a["image"], other["image"])
+  later = generate("train", 8, 7)  # example i depends on i alone
+  np.testing.assert_array_equal(_images(a)[3:], _images(later))
+  other = generate("test", 5, 10)
+  assert not np.array_equal(_images(a), _images(other))
+
+  generate = clevr_like.ClevrLike.generate
+  a, b = generate("validation", 0, 6), generate("validation", 0, 6)
+  np.testing.assert_array_equal(_images(a), _images(b))
+  for x, y in zip(a, b):
+    for key in x["objects"]:
+      np.testing.assert_array_equal(x["objects"][key], y["objects"][key])
+  later = generate("validation", 2, 4)
+  np.testing.assert_array_equal(_images(a)[2:], _images(later))
+  other = generate("train", 0, 6)
+  assert not np.array_equal(_images(a), _images(other))
+  with pytest.raises(ValueError, match="Unknown split 'val'"):
+    generate("val")
 
 
 def _centroid(image) -> np.ndarray:
@@ -219,19 +232,21 @@ def test_dsprites_built_labels_match_pixels(built):
 
 
 def test_clevr_counts_and_distances_cover_every_class(scenes):
-  counts = [len(o["size"]) for o in scenes["objects"]]
+  counts = [len(scene["objects"]["size"]) for scene in scenes]
   assert set(counts) == set(range(3, 11))
-  distances = {clevr_like.distance_label(o["pixel_coords"][:, 2])
-               for o in scenes["objects"]}
+  distances = {labels.clevr_distance(scene) for scene in scenes}
   assert distances == set(range(6))
-  for objects in scenes["objects"]:
-    depths = objects["pixel_coords"][:, 2]
+  for scene in scenes:
+    depths = scene["objects"]["pixel_coords"][:, 2]
     assert 7.0 <= depths.min() < 12.0 and depths.max() <= 18.0
 
 
 def test_clevr_labels_match_pixels(scenes):
-  for image, object_map, objects, masks in zip(
-      scenes["image"], scenes["object_map"], scenes["objects"], scenes["masks"]):
+  for scene in scenes:
+    image, object_map, objects, masks = (
+        scene[k] for k in ("image", "object_map", "objects", "masks"))
+    assert image.dtype == np.uint8 and image.shape == (64, 96, 3)
+    assert object_map.dtype == np.int8 and object_map.shape == (64, 96)
     count = len(objects["size"])
     assert masks.shape == (count, 64, 96)
     floor = object_map == -1
@@ -268,7 +283,8 @@ def test_clevr_apparent_area_falls_as_depth_squared(scenes):
   for shape in range(3):
     for size in range(2):
       depths, areas = [], []
-      for objects, masks in zip(scenes["objects"], scenes["masks"]):
+      for scene in scenes:
+        objects, masks = scene["objects"], scene["masks"]
         pick = (objects["shape"] == shape) & (objects["size"] == size)
         depths.extend(objects["pixel_coords"][pick, 2])
         areas.extend(masks[pick].sum((1, 2)))
@@ -285,18 +301,20 @@ def test_vtab_transforms_on_built_data(built):
     for example in built["clevr_like"][split]:
       counts.add(vtab_clevr_count(example))
       distances.add(vtab_clevr_distance(example))
-      assert vtab_clevr_distance(example) == clevr_like.distance_label(
-          np.asarray(example["objects"]["pixel_coords"])[:, 2])
   assert locations <= set(range(16)) and orientations <= set(range(16))
   assert counts <= set(range(8)) and distances <= set(range(6))
   assert len(locations) > 8 and len(orientations) > 8  # 80 examples, 16 classes
   assert len(counts) > 4 and len(distances) > 3
-  # The offline VTAB tasks' label functions agree with task_adaptation's.
-  for name, reference in (("dsprites_like_location", vtab_dsprites_location),
-                          ("dsprites_like_orientation", vtab_dsprites_orientation),
-                          ("clevr_like_count", vtab_clevr_count),
-                          ("clevr_like_distance", vtab_clevr_distance)):
+  # The offline VTAB tasks' label functions (`labels.py`) agree with
+  # task_adaptation's.
+  for name, label, reference in (
+      ("dsprites_like_location", labels.dsprites_location, vtab_dsprites_location),
+      ("dsprites_like_orientation", labels.dsprites_orientation,
+       vtab_dsprites_orientation),
+      ("clevr_like_count", labels.clevr_count, vtab_clevr_count),
+      ("clevr_like_distance", labels.clevr_distance, vtab_clevr_distance)):
     task = vtab.OFFLINE[name]
+    assert task.label is label
     for split in SPLITS:
       for example in built[task.dataset][split]:
         assert task.label(example) == reference(example), (name, split)

@@ -51,7 +51,8 @@ def sentencepiece_models(tmp_path_factory):
   """Two tiny models trained on generated captions: default ids, and with a pad."""
   sentencepiece = pytest.importorskip("sentencepiece")
   directory = tmp_path_factory.mktemp("sentencepiece")
-  captions = [e["caption"] for e in captioned_shapes.generate(0, 300, "train")]
+  captions = [e["caption"]
+              for e in captioned_shapes.CaptionedShapes.generate("train", 0, 300)]
   models = {}
   for name, ids in (("default", {}),
                     ("padded", dict(pad_id=0, unk_id=1, bos_id=2, eos_id=3))):

@@ -14,10 +14,10 @@ from tandem import checkpoint
 from tandem.data import dsprites_like
 from tandem.data import prepare
 from tandem.ssl import train
-from tandem.transfer import fewshot
-from tandem.transfer import knn
-from tandem.transfer import linear_probe
+from tandem.transfer import neighbors as knn
+from tandem.transfer import probe
 from tandem.transfer import protocol
+from tandem.transfer import ridge as fewshot
 from tandem.transfer import run
 
 from conftest import ROOT, bt_config, load_config, toy_task_data
@@ -82,37 +82,33 @@ def test_knn_equals_brute_force():
 def test_separable_features_give_100_and_random_features_give_chance():
   x, y = _blobs(1500, 10, 32, 10.0, 5)
   x, y, tx, ty = x[:1000], y[:1000], x[1000:], y[1000:]
-  assert linear_probe.linear_probe(x, y, tx, ty, num_val=200)["test_top1"] == 1.0
+  assert probe.linear_probe(x, y, tx, ty, num_val=200)["test_top1"] == 1.0
   assert fewshot.fewshot(x, y, tx, ty, shots=(1, 5))[1]["mean"] == 1.0
   assert knn.knn(x, y, tx, ty) == {20: 1.0, 200: 1.0}
   rng = np.random.default_rng(7)
   rx, ry = rng.normal(size=(1000, 32)), rng.integers(0, 10, 1000)
   rtx, rty = rng.normal(size=(4000, 32)), rng.integers(0, 10, 4000)
   tolerance = 0.03  # ~4.5 standard errors of a 4000-example accuracy at p = 0.1
-  assert abs(linear_probe.linear_probe(rx, ry, rtx, rty, num_val=200)["test_top1"]
+  assert abs(probe.linear_probe(rx, ry, rtx, rty, num_val=200)["test_top1"]
              - 0.1) < tolerance
   assert abs(fewshot.fewshot(rx, ry, rtx, rty, shots=(10,))[10]["mean"] - 0.1) < tolerance
   for top1 in knn.knn(rx, ry, rtx, rty).values():
     assert abs(top1 - 0.1) < tolerance
 
 
-class _Ctx:
-  """What the suite's evaluators read from run.Context, for toy data."""
-  def __init__(self, config):
-    self.config = config
-
-
 def test_suite_evaluators_fence_off_test_during_selection():
-  from configs.transfer import vtab as vtab_config
-  ctx = _Ctx(vtab_config.get_config("runlocal"))
+  config = load_config(os.path.join(ROOT, "configs/transfer/vtab.py"), "runlocal")
+  pretrain_config = load_config(os.path.join(ROOT, "configs/ssl/simclr.py"),
+                                "runlocal")
   data = toy_task_data()
-  records = (run._linear_probe(data, ctx) + run._fewshot(data, ctx)
-             + run._knn(data, ctx))
+  records = run.evaluate_task(data, protocol.Model(pretrain_config, {}), config,
+                              ["linear_probe", "fewshot", "knn"])
   scores = {r["evaluator"]: r["value"] for r in records if "value" in r}
   assert scores["linear_probe"] == 1.0 and scores["fewshot_5shot"] == 1.0
   assert scores["knn_k20_T0.07"] == 1.0
   assert any("skipped" in r and "200" in r["skipped"] for r in records)  # k > 100
-  assert data.extraction_count == 3  # train, val, test: once for every evaluator.
+  # trainval (train and val are its rows) and test: once for every evaluator.
+  assert data.extraction_count == 2
 
   with pytest.raises(protocol.TestSplitAccessError, match="model selection"):
     with data.selection():
@@ -138,7 +134,7 @@ def test_fewer_examples_than_shots_is_a_recorded_skip_and_nan_is_an_error():
 def bt_checkpoint(tiny_data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("bt")
   config = bt_config(tiny_data_dir, "runlocal,model=cnn")
-  config.evals = {"every": 0, "baselines": False}
+  config.evals = {}
   train.train(config, str(workdir))
   return str(workdir)
 
@@ -186,7 +182,7 @@ def test_suite_runs_end_to_end_and_lists_unprepared_tasks(bt_checkpoint, dsprite
   skip = [r for r in records if r["task"] == "fashion_mnist"]
   assert len(skip) == 1 and "python -m tandem.data.prepare --dataset fashion_mnist" \
       in skip[0]["skipped"]
-  assert "(3 feature extractions)" in out and "mean structured" in out
+  assert "(2 feature extractions)" in out and "mean structured" in out  # trainval, test
   assert results["summary"]["overall"]["linear_probe"][1:] == [1, 2]  # 1 of 2 tasks
   assert (tmp_path / "results.png").stat().st_size > 1000
 
@@ -244,7 +240,7 @@ def image_text_setup(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("clip")
   config = load_config(os.path.join(ROOT, "configs/ssl/clip.py"), "runlocal")
   config.data_dir = str(data_dir)
-  config.evals = {"every": 0, "baselines": False}
+  config.evals = {}
   train.train(config, str(workdir))
   return str(workdir), str(data_dir)
 

@@ -1,4 +1,5 @@
-"""VTAB-1k task table and task loading (tandem/transfer/vtab.py).
+"""VTAB-1k task table and task loading (tandem/transfer/vtab.py), and the structured
+tasks' labels (tandem/data/labels.py).
 
 The 19 VTAB datasets cannot be downloaded here, so loading is tested on TFDS's mock
 (`tfds.testing.mock_data`, USE_CODE: the real builders' features, no files). Two
@@ -24,6 +25,7 @@ from tensorflow_datasets.testing import mocking
 from tandem.data import captions
 from tandem.data import image_ops
 from tandem.data import input_pipeline
+from tandem.data import labels
 from tandem.data import png
 from tandem.transfer import vtab
 
@@ -169,14 +171,14 @@ def _clevr(depths):
 
 
 def test_clevr_labels():
-  assert vtab.clevr_count(_clevr([9.0] * 5)) == 2
-  assert vtab.clevr_count(_clevr([9.0] * 3)) == 0
-  assert vtab.clevr_count(_clevr([9.0] * 10)) == 7
-  assert vtab.clevr_distance(_clevr([9.2, 12.0])) == 3
+  assert labels.clevr_count(_clevr([9.0] * 5)) == 2
+  assert labels.clevr_count(_clevr([9.0] * 3)) == 0
+  assert labels.clevr_count(_clevr([9.0] * 10)) == 7
+  assert labels.clevr_distance(_clevr([9.2, 12.0])) == 3
   # Bins: (0, 8], (8, 8.5], (8.5, 9], (9, 9.5], (9.5, 10], (10, 100].
   for depth, label in [(0.5, 0), (8.0, 0), (8.01, 1), (8.5, 1), (8.7, 2), (9.5, 3),
                        (9.8, 4), (10.0, 4), (10.1, 5), (99.0, 5)]:
-    assert vtab.clevr_distance(_clevr([depth, 50.0])) == label, depth
+    assert labels.clevr_distance(_clevr([depth, 50.0])) == label, depth
 
 
 def _kitti(objects):
@@ -188,7 +190,7 @@ def _kitti(objects):
 
 
 def test_kitti_closest_vehicle_distance():
-  label = vtab.kitti_closest_vehicle_distance
+  label = labels.kitti_closest_vehicle_distance
   assert label(_kitti([])) == 3  # no object at all
   assert label(_kitti([(3, 5.0), (5, 30.0)])) == 3  # pedestrian, cyclist: no vehicle
   assert label(_kitti([(0, 10.0)])) == 1  # a car at 10 m
@@ -199,13 +201,13 @@ def test_kitti_closest_vehicle_distance():
 
 
 def test_dsprites_labels():
-  assert vtab.dsprites_location({"label_x_position": 31}) == 15
-  assert vtab.dsprites_location({"label_x_position": np.int64(2)}) == 1
-  assert vtab.dsprites_orientation({"label_orientation": 39}) == 15
-  assert vtab.dsprites_orientation({"label_orientation": 5}) == 2
+  assert labels.dsprites_location({"label_x_position": 31}) == 15
+  assert labels.dsprites_location({"label_x_position": np.int64(2)}) == 1
+  assert labels.dsprites_orientation({"label_orientation": 39}) == 15
+  assert labels.dsprites_orientation({"label_orientation": 5}) == 2
   # task_adaptation: floordiv(float32(value), num_values / 16).
-  for key, fn, num_values in [("label_x_position", vtab.dsprites_location, 32),
-                              ("label_orientation", vtab.dsprites_orientation, 40)]:
+  for key, fn, num_values in [("label_x_position", labels.dsprites_location, 32),
+                              ("label_orientation", labels.dsprites_orientation, 40)]:
     values = np.arange(num_values)
     reference = np.floor_divide(values.astype(np.float32), np.float32(num_values / 16))
     assert [fn({key: v}) for v in values] == reference.astype(int).tolist()

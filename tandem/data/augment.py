@@ -58,8 +58,8 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # Every op off: the base for views that switch on only some ops (fine-tuning's crop
-# and flip). The recipes' views are in the configs (tandem/ssl/config_base.py,
-# configs/ssl/simclr.py), with their sources.
+# and flip). The recipes' views are in the configs (configs/common.py, used by
+# configs/ssl/), with their sources.
 IDENTITY = dict(
     crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0,
     brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_prob=0.0,

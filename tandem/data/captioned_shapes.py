@@ -38,16 +38,15 @@ compositions never seen in training.
 
 Splits (`SPLIT_SIZES`, overridable with the builder's `split_sizes`): train 20000,
 validation 2000 (train's distribution, for retrieval Recall@K), test 2000. Everything
-is drawn from `SEED` and the example's (split, index), so a dataset is the same on
-every machine and `generate` reproduces any prefix of it without building.
+is drawn from `procedural.SEED` and the example's (split, index), so a dataset is the
+same on every machine and `CaptionedShapes.generate` reproduces any slice of it
+without building.
 """
 import functools
-from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tandem.data import png
 from tandem.data import procedural
 
 IMAGE_SIZE = 32
@@ -70,9 +69,7 @@ HELDOUT = tuple((colour, SHAPES[(i + 2) % len(SHAPES)])
 # Label = index of the first group's (colour, shape) in this list.
 CLASS_NAMES = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
 SPLIT_SIZES = {"train": 20000, "validation": 2000, "test": 2000}
-SEED = 0
 
-_SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 _TRAIN_COMPOSITIONS = tuple((c, s) for c in COLOURS for s in SHAPES
                             if (c, s) not in HELDOUT)
 _MIN_OFFSET = 4.0  # pixels between centroids along a relation's axis
@@ -216,23 +213,13 @@ def make_example(rng: np.random.Generator, split: str) -> dict:
   }
 
 
-def generate(seed: int, num_examples: int, split: str) -> Iterator[dict]:
-  """The first `num_examples` examples of `split` (see `make_example`).
-
-  Example i depends only on (seed, split, i), so shorter runs are prefixes.
-  """
-  if split not in _SPLIT_IDS:
-    raise ValueError(f"Unknown split {split!r}; choices: {list(_SPLIT_IDS)}.")
-  for index in range(num_examples):
-    yield make_example(np.random.default_rng([seed, _SPLIT_IDS[split], index]), split)
-
-
 class CaptionedShapes(procedural.ProceduralBuilder):
   """Coloured shapes with captions; held-out compositions in `test`."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "32x32, 6 colours x 4 shapes x 2 sizes, 1-2 groups."}
   SPLIT_SIZES = SPLIT_SIZES
+  make_example = staticmethod(make_example)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -254,13 +241,5 @@ class CaptionedShapes(procedural.ProceduralBuilder):
         supervised_keys=("image", "label"),
     )
 
-  def _generate_examples(self, split: str, num_examples: int):
-    for index, example in enumerate(generate(SEED, num_examples, split)):
-      yield index, {
-          "image": png.encode_png(example["image"]),
-          "caption": example["caption"],
-          "label": example["label"],
-          "heldout": example["heldout"],
-          "relation": example["relation"] or "none",
-          "groups": example["groups"],
-      }
+  def encode(self, example: dict) -> dict:
+    return super().encode({**example, "relation": example["relation"] or "none"})

@@ -3,11 +3,11 @@
 Each 64x96 RGB image (CLEVR's 2:3 aspect, CPU-sized) shows 3 to 10 cubes, spheres
 and cylinders standing on a grey floor, seen in perspective. The features mirror TFDS
 `clevr`'s where VTAB (google-research/task_adaptation) reads them, so its two CLEVR
-label transforms apply unchanged to this data and to the real one:
+label transforms (`labels.py`) apply unchanged to this data and to the real one:
 
 - clevr count:    len(objects["size"]) - 3                       -> 8 classes
 - clevr distance: d = min(objects["pixel_coords"][:, 2]), binned by the thresholds
-  `DISTANCE_THRESHOLDS` = [0, 8, 8.5, 9, 9.5, 10, 100]            -> 6 classes
+  `CLEVR_DISTANCE_THRESHOLDS` = [0, 8, 8.5, 9, 9.5, 10, 100]      -> 6 classes
 
 Features: `image` Image(shape=(64, 96, 3)); `objects` Sequence of `color`
 ClassLabel(`COLORS`: CLEVR's 8 colour names in TFDS's order), `shape`
@@ -44,8 +44,9 @@ What differs from the real CLEVR: the images are simple 2.5D drawings at 64x96, 
 features; splits are train 5000, validation 1000, test 2000 (`SPLIT_SIZES`,
 overridable with the builder's `split_sizes`), and test has labels.
 
-Example i of a split depends only on (`SEED`, split, i), so every machine builds the
-same data and `generate` reproduces any slice of it without building.
+Example i of a split depends only on (`procedural.SEED`, split, i), so every machine
+builds the same data and `ClevrLike.generate` reproduces any slice of it without
+building.
 
 Speed: the default build (8000 examples, `python -m tandem.data.prepare --dataset
 clevr_like`) took 33 s of CPU time (49 s wall on a busy shared 2-core machine):
@@ -56,7 +57,7 @@ import math
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tandem.data import png
+from tandem.data import labels
 from tandem.data import procedural
 
 HEIGHT, WIDTH = 64, 96
@@ -70,26 +71,21 @@ RGB = {"gray": (87, 87, 87), "blue": (42, 75, 215), "brown": (129, 74, 25),
        "yellow": (255, 238, 51), "red": (173, 35, 35), "green": (29, 105, 20),
        "purple": (129, 38, 192), "cyan": (41, 208, 208)}
 RADII = {"small": 0.35, "large": 0.7}
-# VTAB's clevr distance bins (task_adaptation/data/clevr.py).
-DISTANCE_THRESHOLDS = (0.0, 8.0, 8.5, 9.0, 9.5, 10.0, 100.0)
-NUM_DISTANCE_CLASSES = len(DISTANCE_THRESHOLDS) - 1
-MIN_OBJECTS, MAX_OBJECTS = 3, 10
-NUM_COUNT_CLASSES = MAX_OBJECTS - MIN_OBJECTS + 1
+MIN_OBJECTS, MAX_OBJECTS = labels.CLEVR_MIN_OBJECTS, 10
 SPLIT_SIZES = {"train": 5000, "validation": 1000, "test": 2000}
-SEED = 0
 
 # Camera: floor row of depth Z = HORIZON_ROW + FOCAL * CAMERA_HEIGHT / Z.
 FOCAL = 100.0  # pixels
 CAMERA_HEIGHT = 4.8
 HORIZON_ROW = -8.5
-# Depth of the closest object: uniform within one of these, picked uniformly.
-CLOSEST_DEPTH_RANGES = ((7.0, 8.0), (8.0, 8.5), (8.5, 9.0), (9.0, 9.5), (9.5, 10.0),
-                        (10.0, 12.0))
+# Depth of the closest object: uniform within one of these, picked uniformly: the
+# distance bins [7, 8), [8, 8.5), ..., [9.5, 10), [10, 12).
+_BIN_EDGES = labels.CLEVR_DISTANCE_THRESHOLDS[1:-1]
+CLOSEST_DEPTH_RANGES = tuple(zip((7.0, *_BIN_EDGES), (*_BIN_EDGES, 12.0)))
 DEPTH_SPREAD = 6.0  # other objects are 0 to this far behind the closest
 MIN_VISIBLE = 0.6  # least unoccluded fraction of any object's pixels
 _FLOOR_GAP = 0.05  # world units between objects' footprints
 _OBJECT_TRIES, _SCENE_TRIES = 40, 100
-_SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
 
 def _unit(v: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -109,17 +105,6 @@ _CYLINDER_HALF, _CYLINDER_HEIGHT, _CYLINDER_ELLIPSE = 0.85, 1.6, 0.3
 def floor_row(depth: float) -> float:
   """Image row (pixels from the top) where the floor at `depth` appears."""
   return HORIZON_ROW + FOCAL * CAMERA_HEIGHT / depth
-
-
-def distance_label(depths) -> int:
-  """VTAB's clevr distance class of a scene: the bin of its least depth."""
-  d = float(np.min(depths))
-  return int(np.max(np.nonzero(np.asarray(DISTANCE_THRESHOLDS) - d < 0)[0]))
-
-
-def count_label(num_objects: int) -> int:
-  """VTAB's clevr count class of a scene with `num_objects` objects."""
-  return num_objects - MIN_OBJECTS
 
 
 def _background() -> np.ndarray:
@@ -279,11 +264,12 @@ def _layout(rng: np.random.Generator, count: int,
   return objects
 
 
-def make_example(rng: np.random.Generator) -> dict:
+def make_example(rng: np.random.Generator, split: str) -> dict:
   """One scene: "image" uint8 [64, 96, 3]; "objects" (the TFDS feature: "color",
   "shape", "size", "material" int64 [K], "pixel_coords" float32 [K, 3]); and, for
   tests, "object_map" int8 [64, 96] (each pixel's visible object, -1 for floor)
   and "masks" bool [K, 64, 96] (each object's whole drawing)."""
+  del split  # every split is drawn alike
   count = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
   depth_range = CLOSEST_DEPTH_RANGES[rng.integers(len(CLOSEST_DEPTH_RANGES))]
   for _ in range(_SCENE_TRIES):
@@ -318,36 +304,13 @@ def make_example(rng: np.random.Generator) -> dict:
   }
 
 
-def example_rng(split: str, index: int, seed: int = SEED) -> np.random.Generator:
-  if split not in _SPLIT_IDS:
-    raise ValueError(f"Unknown split {split!r}; choices: {list(_SPLIT_IDS)}.")
-  return np.random.default_rng([seed, _SPLIT_IDS[split], index])
-
-
-def generate(split: str, start: int = 0, count: int = 1,
-             seed: int = SEED) -> dict:
-  """Examples [start, start + count) of `split`: "image" uint8 [count, 64, 96, 3],
-  "object_map" int8 [count, 64, 96], and "objects" and "masks", lists of each
-  example's (see `make_example`). Example i depends only on (seed, split, i): the
-  same as the built dataset's."""
-  examples = [make_example(example_rng(split, i, seed))
-              for i in range(start, start + count)]
-  return {
-      "image": np.array([e["image"] for e in examples], np.uint8).reshape(
-          count, HEIGHT, WIDTH, 3),
-      "object_map": np.array([e["object_map"] for e in examples], np.int8).reshape(
-          count, HEIGHT, WIDTH),
-      "objects": [e["objects"] for e in examples],
-      "masks": [e["masks"] for e in examples],
-  }
-
-
 class ClevrLike(procedural.ProceduralBuilder):
   """CLEVR-like scenes with CLEVR's object features, drawn procedurally."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "64x96, 3-10 objects, balanced count and distance."}
   SPLIT_SIZES = SPLIT_SIZES
+  make_example = staticmethod(make_example)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -365,9 +328,3 @@ class ClevrLike(procedural.ProceduralBuilder):
         }),
         homepage="https://cs.stanford.edu/people/jcjohns/clevr/",
     )
-
-  def _generate_examples(self, split: str, num_examples: int):
-    for index in range(num_examples):
-      example = make_example(example_rng(split, index))
-      yield index, {"image": png.encode_png(example["image"]),
-                    "objects": example["objects"]}

@@ -2,9 +2,9 @@
 
 One white 2D sprite on black, 64x64x1, drawn from five latent factors, with the same
 feature names, types and value conventions as TFDS's `dsprites` (Matthey et al. 2017),
-so VTAB's label transforms (google-research/task_adaptation: `label_x_position` // 2
-for dSprites-location, floor(`label_orientation` * 16 / 40) for dSprites-orientation)
-apply unchanged to this data and to the real one.
+so VTAB's label transforms (google-research/task_adaptation, in `labels.py`:
+`label_x_position` // 2 for dSprites-location, floor(`label_orientation` * 16 / 40)
+for dSprites-orientation) apply unchanged to this data and to the real one.
 
 What mirrors the real dataset:
 - Features: `image` Image(shape=(64, 64, 1)); ClassLabels `label_shape` (3:
@@ -36,10 +36,11 @@ What differs:
   Orientation rotates the sprite counter-clockwise as displayed (y points down).
 
 Splits (`SPLIT_SIZES`, overridable with the builder's `split_sizes`): train 5000,
-validation 1000, test 2000. Example i of a split depends only on (`SEED`, split, i),
-so every machine builds the same data and `generate` reproduces any slice of it
-without building. Drawing uses only elementwise IEEE arithmetic on a pixel grid
-(sines and cosines of the 40 angles come from Python's `math`).
+validation 1000, test 2000. Example i of a split depends only on (`procedural.SEED`,
+split, i), so every machine builds the same data and `DspritesLike.generate`
+reproduces any slice of it without building. Drawing uses only elementwise IEEE
+arithmetic on a pixel grid (sines and cosines of the 40 angles come from Python's
+`math`).
 
 Speed: the default build (8000 examples, `python -m tandem.data.prepare --dataset
 dsprites_like`) took 7.5 s of CPU time (11 s wall on a busy shared 2-core machine),
@@ -51,7 +52,6 @@ from typing import Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tandem.data import png
 from tandem.data import procedural
 
 IMAGE_SIZE = 64
@@ -67,14 +67,12 @@ NUM_CLASSES = {"shape": len(SHAPES), "scale": NUM_SCALES,
                "orientation": NUM_ORIENTATIONS, "x_position": NUM_POSITIONS,
                "y_position": NUM_POSITIONS}
 SPLIT_SIZES = {"train": 5000, "validation": 1000, "test": 2000}
-SEED = 0
 
 UNIT_PIXELS = 9.0  # one unit of the sprite's frame at scale 1
 POSITION_MIN_PIXELS, POSITION_RANGE_PIXELS = 14.0, 36.0
 _ELLIPSE_AXES = (1.35, 0.65)  # semi-axes, units
 _HEART_UNITS = 1.28 / (12.5 / UNIT_PIXELS)  # heart-curve units per sprite unit
 _HEART_CENTRE = 0.2  # curve y of the sprite's centre (bounding radius 1.28 from it)
-_SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 _GRID = np.mgrid[:IMAGE_SIZE, :IMAGE_SIZE].astype(np.float64) + 0.5  # y, x centres
 _COS_SIN = [(math.cos(a), math.sin(a)) for a in ORIENTATIONS.tolist()]
 
@@ -118,8 +116,9 @@ def render(shape: int, scale: int, orientation: int, x_position: int,
   return np.where(inside, np.uint8(255), np.uint8(0))[:, :, None]
 
 
-def make_example(rng: np.random.Generator) -> dict:
+def make_example(rng: np.random.Generator, split: str) -> dict:
   """One example: "image" and every TFDS feature ("label_*", "value_*")."""
+  del split  # every split is drawn alike
   labels = {f: int(rng.integers(NUM_CLASSES[f])) for f in FACTORS}
   example = {"image": render(**labels)}
   for factor, value in _values(labels).items():
@@ -128,38 +127,13 @@ def make_example(rng: np.random.Generator) -> dict:
   return example
 
 
-def example_rng(split: str, index: int, seed: int = SEED) -> np.random.Generator:
-  if split not in _SPLIT_IDS:
-    raise ValueError(f"Unknown split {split!r}; choices: {list(_SPLIT_IDS)}.")
-  return np.random.default_rng([seed, _SPLIT_IDS[split], index])
-
-
-def generate(split: str, start: int = 0, count: int = 1,
-             seed: int = SEED) -> dict[str, np.ndarray]:
-  """Examples [start, start + count) of `split`, stacked: "image" uint8
-  [count, 64, 64, 1], "label_*" int64 [count], "value_*" float32 [count].
-
-  Example i depends only on (seed, split, i): the same as the built dataset's.
-  """
-  examples = [make_example(example_rng(split, i, seed))
-              for i in range(start, start + count)]
-  arrays = {"image": np.zeros((len(examples), IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)}
-  for i, example in enumerate(examples):
-    arrays["image"][i] = example["image"]
-  for factor in FACTORS:
-    arrays[f"label_{factor}"] = np.array(
-        [e[f"label_{factor}"] for e in examples], np.int64)
-    arrays[f"value_{factor}"] = np.array(
-        [e[f"value_{factor}"] for e in examples], np.float32)
-  return arrays
-
-
 class DspritesLike(procedural.ProceduralBuilder):
   """dSprites-like sprites with dSprites' features, drawn procedurally."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "64x64x1, square/ellipse/heart, factors drawn uniformly."}
   SPLIT_SIZES = SPLIT_SIZES
+  make_example = staticmethod(make_example)
 
   def _info(self) -> tfds.core.DatasetInfo:
     features = {"image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 1))}
@@ -174,9 +148,3 @@ class DspritesLike(procedural.ProceduralBuilder):
         features=tfds.features.FeaturesDict(features),
         homepage="https://github.com/deepmind/dsprites-dataset",
     )
-
-  def _generate_examples(self, split: str, num_examples: int):
-    for index in range(num_examples):
-      example = make_example(example_rng(split, index))
-      example["image"] = png.encode_png(example["image"])
-      yield index, example

@@ -30,25 +30,28 @@ epoch). The state is the global batch number, so a checkpoint resumes the same
 stream with any number of processes. Each process computes the whole permutation
 (8 bytes per example, once per epoch) and looks up only its slice.
 
-`load_arrays` reads a whole split into memory (linear-probe evaluation) with the same
-decoding and the same `image_ops`.
+`load_arrays` reads a whole split into memory (linear-probe evaluation, VTAB tasks)
+with the same decoding and the same `image_ops`; `subsample` draws a seeded subset
+of such arrays.
 
 Image-text data (CLIP/SigLIP): `make_train_iterator(..., text=dict(feature=...,
-tokenizer=..., max_len=...))` adds "text" (int32 [B, max_len] token ids) and
-"text_truncated" (bool [B]) to each batch. The caption is a dataset's Text feature
-("caption", or one of several: "captions/text", see `records.py`), or, with
-`feature=None`, a class-name prompt made from the label (`captions.py`). Which
-caption or prompt is drawn comes from (seed, global batch number, position in the
-global batch) alone, so resuming from `get_state()` reproduces the same batches,
-with any number of processes. Datasets without a label feature (coco_captions) have
-no "label" key in their batches. `load_image_text` reads a whole split with all its
-captions, for retrieval and zero-shot evaluation.
+tokenizer=..., max_len=...))` adds "text" (int32 [B, max_len] token ids) to each
+batch. The caption is a dataset's Text feature ("caption", or one of several:
+"captions/text", see `records.py`), or, with `feature=None`, a class-name prompt
+made from the label (`captions.py`). Which caption or prompt is drawn comes from
+(seed, global batch number, position in the global batch) alone, so resuming from
+`get_state()` reproduces the same batches, with any number of processes. Datasets
+without a label feature (coco_captions) have no "label" key in their batches. The
+iterator (`ImageTextIterator`) refuses a batch whose captions are all empty (a wrong
+text feature, not data) and counts the captions cut to `max_len`.
+`load_image_text` reads a whole split with all its captions, for retrieval and
+zero-shot evaluation.
 """
 import concurrent.futures
 import functools
 import os
 import sys
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import grain
 import jax
@@ -72,8 +75,11 @@ def resolve_data_dir(data_dir: str | None = None) -> str:
   return os.path.expanduser(os.fspath(data_dir))
 
 
-def _prepared_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of `name` prepared in `data_dir`, or DatasetNotPreparedError."""
+def prepared_builder(name: str, data_dir: str | None = None
+                     ) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of `name` prepared in `data_dir` (see `resolve_data_dir`), or
+  DatasetNotPreparedError saying how to prepare it."""
+  data_dir = resolve_data_dir(data_dir)
   how = (f"Prepare it with:\n  python -m tandem.data.prepare --dataset {name}"
          f" --data_dir {data_dir}")
   try:
@@ -112,14 +118,13 @@ def get_data_source(name: str, split: str, data_dir: str | None = None,
   Extra keyword arguments go to `builder.as_data_source` (e.g. `decoders`,
   `deserialize_method`).
   """
-  builder = _prepared_builder(name, resolve_data_dir(data_dir))
-  return builder.as_data_source(split=split, **as_data_source_kwargs)
+  return prepared_builder(name, data_dir).as_data_source(split=split,
+                                                        **as_data_source_kwargs)
 
 
-def _raw_source(name: str, split: str, data_dir: str | None):
-  return get_data_source(
-      name, split, data_dir,
-      deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+def _raw_source(builder: tfds.core.DatasetBuilder, split: str):
+  return builder.as_data_source(
+      split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
 
 
 class _GlobalBatchSlices:
@@ -167,6 +172,10 @@ _TEXT_KEYS = ("feature", "tokenizer", "max_len")
 _TEXT_SEED_SALT = 0x74657874  # keeps caption draws apart from the shuffle's streams
 
 
+class EmptyCaptionsError(ValueError):
+  """Every caption of a batch is empty: a wrong text feature, not data."""
+
+
 class _Captions:
   """Decoded slice of a global batch -> {"text": int32 [B, L], "text_truncated": [B]}.
 
@@ -185,7 +194,11 @@ class _Captions:
     if "max_len" not in text:
       raise ValueError("text options need `max_len` (tokens per caption).")
     self.feature = text.get("feature") or None
+    self._feature_option = text.get("feature")
+    self._dataset = dataset
     self._tokenizer = tokenizer_lib.get_tokenizer(text.get("tokenizer") or "bytes")
+    self._special_ids = [i for i in (self._tokenizer.pad_id, self._tokenizer.bos_id,
+                                     self._tokenizer.eos_id) if i is not None]
     self._max_len = int(text["max_len"])
     self._seed = (_TEXT_SEED_SALT, seed)
     # Fails now, not in a reader thread, for datasets without class names.
@@ -205,6 +218,71 @@ class _Captions:
     ids, truncated = self._tokenizer.encode_batch(
         records.sample_texts(texts, rng), self._max_len)
     return {"text": ids, "text_truncated": truncated}
+
+  def check_not_empty(self, ids: np.ndarray, batch: int) -> None:
+    """Refuses token ids of only pad/bos/eos: every caption empty."""
+    if not np.isin(ids, self._special_ids, invert=True).any():
+      raise EmptyCaptionsError(
+          f"Every caption of the batch at step {batch} is empty (dataset "
+          f"{self._dataset!r}, text feature {self._feature_option!r}). Point "
+          "--config.input.text.feature at the dataset's caption feature (e.g. "
+          "'caption' or 'captions/text'), or set it to '' to caption a labelled "
+          "dataset with its class names.")
+
+
+def _sum_over_processes(count: int) -> int:
+  """The sum of `count` over all processes: a collective every process calls."""
+  if jax.process_count() == 1:
+    return count
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.sum(multihost_utils.process_allgather(np.int64(count))))
+
+
+class ImageTextIterator:
+  """`make_train_iterator`'s iterator of image-text batches, over the batch reader's.
+
+  Raises EmptyCaptionsError on a batch whose captions are all empty, naming its
+  global batch number (the train step), and counts the captions cut to `max_len`.
+  `get_state()` is the reader's state plus "captions_truncated", the count over all
+  processes, and `metrics()` reports the same count: both are collectives that every
+  process must call (the train loop does, at each save and log step). `set_state`
+  gives a restored count to process 0 alone, so that resuming with another number
+  of processes counts every caption once.
+  """
+
+  def __init__(self, batches: grain.DatasetIterator, captions: _Captions,
+               process_index: int):
+    self._batches = batches
+    self._captions = captions
+    self._process_index = process_index
+    self._next_batch = 0  # global batch number of the next batch
+    self._truncated = 0  # this process's count (plus the restored total on 0)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._batches)
+    truncated = batch.pop("text_truncated")
+    self._captions.check_not_empty(batch["text"], self._next_batch)
+    self._truncated += int(np.sum(truncated))
+    self._next_batch += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return {**self._batches.get_state(),
+            "captions_truncated": _sum_over_processes(self._truncated)}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    state = dict(state)
+    total = int(state.pop("captions_truncated", 0))
+    self._truncated = total if self._process_index == 0 else 0
+    self._batches.set_state(state)
+    self._next_batch = int(state["next_index"])
+
+  def metrics(self) -> dict[str, int]:
+    """{"data/captions_truncated": captions cut so far, over all processes}."""
+    return {"data/captions_truncated": _sum_over_processes(self._truncated)}
 
 
 class _ReadBatch:
@@ -250,7 +328,7 @@ def make_train_iterator(
     num_threads: int = 2,
     prefetch_batches: int = 4,
     text: dict | None = None,
-) -> grain.DatasetIterator:
+) -> grain.DatasetIterator | ImageTextIterator:
   """Iterator of this process's slices of the global batches, with
   `get_state()`/`set_state(state)`.
 
@@ -273,9 +351,10 @@ def make_train_iterator(
   Text feature path ("caption", "captions/text"), or None/"" for class-name prompts
   from the label (`captions.prompts`); `tokenizer` a `tokenizer.get_tokenizer`
   spec (default "bytes"); `max_len` the token length. Batches then also hold "text"
-  int32 [B, max_len] and "text_truncated" bool [B]; "label" only if the dataset has
-  a label feature. Which caption or prompt an example gets depends on (seed, global
-  batch number, its position in the global batch), not on the processes.
+  int32 [B, max_len]; "label" only if the dataset has a label feature. Which caption
+  or prompt an example gets depends on (seed, global batch number, its position in
+  the global batch), not on the processes. The iterator is then an
+  `ImageTextIterator` (its `get_state()` and `metrics()` are collectives).
   """
   if process_index is None:
     process_index = jax.process_index()
@@ -286,7 +365,7 @@ def make_train_iterator(
   if global_batch_size % process_count:
     raise ValueError(f"global_batch_size {global_batch_size} is not divisible by"
                      f" the number of processes {process_count}.")
-  source = _raw_source(name, split, data_dir)
+  source = _raw_source(prepared_builder(name, data_dir), split)
   if not len(source):
     raise ValueError(f"{name} {split} is empty.")
 
@@ -311,7 +390,9 @@ def make_train_iterator(
       _ReadBatch(source, batch_slices, image_size, channels, captions))
   read_options = grain.ReadOptions(num_threads=num_threads,
                                    prefetch_buffer_size=prefetch_batches)
-  return iter(ds.to_iter_dataset(read_options))
+  batches = iter(ds.to_iter_dataset(read_options))
+  return batches if captions is None else ImageTextIterator(batches, captions,
+                                                            process_index)
 
 
 def load_arrays(
@@ -321,6 +402,9 @@ def load_arrays(
     data_dir: str | None = None,
     image_size: int | None = None,
     channels: int | None = None,
+    label: str | Callable[[Mapping[str, Any]], int] | None = None,
+    image_key: str | None = None,
+    pixel_scale: int = 1,
     chunk_size: int = 1024,
     num_threads: int = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -328,10 +412,37 @@ def load_arrays(
 
   Without `image_size` the dataset's images must share one size. Order is the
   stored order (the same as `get_data_source(name, split)[i]`).
+
+  By default the image and label are the dataset's supervised ones, read by the
+  fast record decoder (`records.ExampleDecoder`). `label` (a feature name, or
+  fn(example) -> int: VTAB's structured tasks, `labels.py`), `image_key` and
+  `pixel_scale` (stored pixel values are multiplied by it, capped at 255, before
+  resizing: dSprites stores 0 or 1) choose otherwise; then, unless they name just
+  what that decoder reads, TFDS deserializes the examples (NumPy, no TensorFlow;
+  slower) with the image left encoded, and the images are decoded as that decoder
+  does (`records.decode_images`).
   """
-  decoded = _load_split(name, split, data_dir, image_size, channels, None,
-                        chunk_size, num_threads)
+  builder = prepared_builder(name, data_dir)
+  if pixel_scale == 1 and _decoder_reads(builder.info, image_key, label):
+    decoded = _load_split(_raw_source(builder, split), f"{name} {split}", image_size,
+                          channels, None, chunk_size, num_threads)
+  else:
+    decoded = _load_deserialized(builder, f"{name} {split}", split, label, image_key,
+                                 pixel_scale, image_size, channels, chunk_size,
+                                 num_threads)
   return decoded["image"], decoded["label"]
+
+
+def subsample(max_examples: int, seed: int, *arrays) -> tuple:
+  """`arrays` (NumPy arrays or lists of one length) restricted to `max_examples`
+  examples drawn without replacement with `seed`, kept in order; unchanged when
+  `max_examples` is 0 or at least their length."""
+  n = len(arrays[0])
+  if not max_examples or max_examples >= n:
+    return arrays
+  keep = np.sort(np.random.default_rng(seed).choice(n, max_examples, replace=False))
+  return tuple(a[keep] if isinstance(a, np.ndarray) else [a[i] for i in keep]
+               for a in arrays)
 
 
 def load_image_text(
@@ -352,7 +463,8 @@ def load_image_text(
   image all the class-name prompts of its label (`captions.prompts`). Order is the
   stored order, as in `load_arrays`.
   """
-  decoded = _load_split(name, split, data_dir, image_size, channels,
+  source = _raw_source(prepared_builder(name, data_dir), split)
+  decoded = _load_split(source, f"{name} {split}", image_size, channels,
                         text_feature or None, chunk_size, num_threads)
   labels = decoded.get("label")
   if text_feature:
@@ -365,24 +477,69 @@ def load_image_text(
   return decoded["image"], texts, labels
 
 
-def _load_split(name: str, split: str, data_dir: str | None, image_size: int | None,
-                channels: int | None, text_feature: str | None, chunk_size: int,
+def _decoder_reads(info: tfds.core.DatasetInfo, image_key: str | None,
+                   label: str | Callable | None) -> bool:
+  """Whether `records.ExampleDecoder` reads this image and label (None: its own)."""
+  if image_key is None and label is None:
+    return True
+  if callable(label):
+    return False
+  try:
+    decoder = records.ExampleDecoder(info)
+  except ValueError:  # e.g. no "label" feature: not a plain classification dataset
+    return False
+  return ((image_key or decoder.image_key, label or decoder.label_key)
+          == (decoder.image_key, decoder.label_key))
+
+
+def _load_split(source, what: str, image_size: int | None, channels: int | None,
+                text_feature: str | None, chunk_size: int,
                 num_threads: int) -> dict[str, Any]:
-  """`ExampleDecoder.decode` of the whole split, read in chunks on threads."""
-  source = _raw_source(name, split, data_dir)
+  """`ExampleDecoder.decode` of a whole raw source, read in chunks on threads."""
   decoder = records.ExampleDecoder(source.dataset_info, text_feature)
 
   def read(start: int) -> dict[str, Any]:
     raw = source.__getitems__(list(range(start, min(start + chunk_size, len(source)))))
     return decoder.decode(raw, image_size, channels)
 
+  return _read_chunks(read, len(source), chunk_size, num_threads, what)
+
+
+def _load_deserialized(builder: tfds.core.DatasetBuilder, what: str, split: str,
+                       label: str | Callable | None, image_key: str | None,
+                       pixel_scale: int, image_size: int | None,
+                       channels: int | None, chunk_size: int,
+                       num_threads: int) -> dict[str, np.ndarray]:
+  """The split's examples deserialized by TFDS (image left encoded), labelled by
+  `label` (None: the supervised label)."""
+  if image_key is None or label is None:  # the supervised ones
+    decoder = records.ExampleDecoder(builder.info)
+    image_key, label = image_key or decoder.image_key, label or decoder.label_key
+  label_fn = label if callable(label) else lambda example: example[label]
+  source = builder.as_data_source(
+      split=split, decoders={image_key: tfds.decode.SkipDecoding()})
+  stored_channels = builder.info.features[image_key].shape[-1]
+
+  def read(start: int) -> dict[str, np.ndarray]:
+    examples = source.__getitems__(
+        list(range(start, min(start + chunk_size, len(source)))))
+    return {"image": records.decode_images([ex[image_key] for ex in examples],
+                                           stored_channels, image_size, channels,
+                                           pixel_scale),
+            "label": np.array([label_fn(ex) for ex in examples], np.int32)}
+
+  return _read_chunks(read, len(source), chunk_size, num_threads, what)
+
+
+def _read_chunks(read: Callable[[int], dict[str, Any]], num_examples: int,
+                 chunk_size: int, num_threads: int, what: str) -> dict[str, Any]:
+  """`read(start)` of each chunk of `num_examples`, on threads, concatenated."""
   with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
-    chunks = list(pool.map(read, range(0, len(source), chunk_size)))
+    chunks = list(pool.map(read, range(0, num_examples, chunk_size)))
   if not chunks:
-    raise ValueError(f"{name} {split} is empty.")
+    raise ValueError(f"{what} is empty.")
   if len({c["image"].shape[1:] for c in chunks}) > 1:
-    raise ValueError(f"{name} {split} has images of different sizes; pass"
-                     " `image_size`.")
+    raise ValueError(f"{what} has images of different sizes; pass `image_size`.")
   decoded = {"image": np.concatenate([c["image"] for c in chunks])}
   if "label" in chunks[0]:
     decoded["label"] = np.concatenate([c["label"] for c in chunks])

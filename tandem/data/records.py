@@ -166,18 +166,7 @@ class ExampleDecoder:
 
   def _images(self, encoded: list[bytes], image_size: int | None,
               channels: int | None) -> np.ndarray:
-    batch = png.decode_pngs(encoded)  # fast path: no per-image NumPy work
-    if batch is None or batch.shape[-1] != self.channels:
-      images = [decode_image(data, self.channels) for data in encoded]
-      if len({image.shape for image in images}) == 1:
-        batch = np.stack(images)
-      elif image_size is None:
-        raise ValueError(f"Images of different sizes ({images[0].shape}, ...) need"
-                         " an `image_size`.")
-      else:
-        return np.stack([image_ops.to_size_and_channels(image, image_size, channels)
-                         for image in images])
-    return image_ops.to_size_and_channels(batch, image_size, channels)
+    return decode_images(encoded, self.channels, image_size, channels)
 
   def _parse(self, records: Sequence[bytes]
              ) -> tuple[list[bytes], np.ndarray | None, list[list[str]] | None]:
@@ -193,3 +182,28 @@ class ExampleDecoder:
         texts.append([t.decode("utf-8", errors="replace")
                       for t in feature[self.text_key].bytes_list.value])
     return encoded, labels, texts
+
+
+def decode_images(encoded: list[bytes], stored_channels: int, image_size: int | None,
+                  channels: int | None, pixel_scale: int = 1) -> np.ndarray:
+  """uint8 [N, H, W, C] from PNG/JPEG bytes at `image_size` and `channels` (None:
+  as stored), pixel values multiplied by `pixel_scale` (capped at 255) first
+  (dSprites stores 0 or 1). One batched PNG decode when the images allow it."""
+  scale = lambda images: np.minimum(images.astype(np.uint16) * pixel_scale,
+                                    255).astype(np.uint8)
+  batch = png.decode_pngs(encoded)  # fast path: no per-image NumPy work
+  if batch is None or batch.shape[-1] != stored_channels:
+    images = [decode_image(data, stored_channels) for data in encoded]
+    if pixel_scale != 1:
+      images = [scale(image) for image in images]
+    if len({image.shape for image in images}) == 1:
+      batch = np.stack(images)
+    elif image_size is None:
+      raise ValueError(f"Images of different sizes ({images[0].shape}, ...) need"
+                       " an `image_size`.")
+    else:
+      return np.stack([image_ops.to_size_and_channels(image, image_size, channels)
+                       for image in images])
+  elif pixel_scale != 1:
+    batch = scale(batch)
+  return image_ops.to_size_and_channels(batch, image_size, channels)

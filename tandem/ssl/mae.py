@@ -197,59 +197,72 @@ def make_loss_fn(model: Model, config):
   return loss_fn
 
 
-class Evaluator:
-  """Reconstructions of `num_images` fixed test images under one fixed mask.
+class Reconstructions:
+  """`num_images` fixed images of `config.evals.reconstruction` (dataset, split,
+  num_images) and the jitted reconstruction under one fixed mask: the evaluator's
+  data (`load_data`)."""
 
-  Built from `config.evals.reconstruction` (dataset, split, num_images); `run`
-  returns the image grid "mae/reconstruction" (uint8 [H, W, C]; rows: original,
-  masked, reconstruction with the visible patches pasted back; predictions of
-  normalised patches are un-normalised with the target patch's own mean/variance)
-  and "mae/reconstruction_loss" (the training loss on these images and mask).
-  """
-
-  def __init__(self, config, *, data_dir: str, mesh=None):
-    from tandem.data import input_pipeline  # Host data code, only when evaluating.
-    block = config.evals.reconstruction
-    images, _ = input_pipeline.load_arrays(
-        block.dataset, block.split, data_dir=data_dir,
-        image_size=config.input.image_size, channels=config.input.channels)
-    self.images = images[:block.get("num_images", 8)]
-    self.mesh = mesh
-    self._reconstruct = jax.jit(
-        self._make_reconstruct(config, make_model(config), _check_config(config)),
+  def __init__(self, config, images, mesh=None):
+    self.images, self.mesh = images, mesh
+    self.reconstruct = jax.jit(
+        _make_reconstruct(config, make_model(config), _check_config(config)),
         out_shardings=None if mesh is None else parallel.replicated(mesh))
 
-  @staticmethod
-  def _make_reconstruct(config, model, p):
-    mean, std = (jnp.asarray(v, jnp.float32) for v in (config.input.mean,
-                                                      config.input.std))
-    to_uint8 = lambda x: jnp.round(jnp.clip(x * std + mean, 0, 1) * 255).astype(
-        jnp.uint8)
-
-    def reconstruct(variables, images_uint8):
-      x = _normalized(images_uint8, config)
-      out = model.apply(variables, x, train=False, mask_rng=jax.random.key(0))
-      target, mask = patchify(x, p), out["mask"][..., None]
-      loss = mae_loss(out["pred"], target, out["mask"], config.mae.norm_pix_loss)
-      pred = out["pred"]
-      if config.mae.norm_pix_loss:
-        patch_mean, patch_var = _patch_stats(target)
-        pred = pred * jnp.sqrt(patch_var + NORM_PIX_EPS) + patch_mean
-      gray = (0.5 - mean) / std  # Masked patches are shown mid-gray.
-      images = lambda patches: to_uint8(unpatchify(patches, p, *x.shape[1:]))
-      return (images(target),
-              images(jnp.where(mask > 0, jnp.tile(gray, p * p), target)),
-              images(jnp.where(mask > 0, pred, target)), loss)
-
-    return reconstruct
-
-  def run(self, variables) -> dict:
+  def run(self, variables):
     images = self.images
     if self.mesh is not None:  # Every process holds all the images.
-      images = jax.make_array_from_callback(
-          images.shape, parallel.replicated(self.mesh), lambda index: self.images[index])
-    *rows, loss = jax.device_get(self._reconstruct(variables, images))
-    return {"mae/reconstruction": _grid(rows), "mae/reconstruction_loss": float(loss)}
+      images = parallel.host_to_global(images, parallel.replicated(self.mesh))
+    return jax.device_get(self.reconstruct(variables, images))
+
+
+def load_data(settings, config, data_dir: str, *, extract=None, cache=None,
+              mesh=None):
+  del extract, cache  # No features: the whole model reconstructs.
+  from tandem.data import input_pipeline  # Host data code, only when evaluating.
+  images, _ = input_pipeline.load_arrays(
+      settings.dataset, settings.split, data_dir=data_dir,
+      image_size=config.input.image_size, channels=config.input.channels)
+  return Reconstructions(config, images[:settings.get("num_images", 8)], mesh)
+
+
+def evaluate_task(data: Reconstructions, settings, model) -> list[dict]:
+  """The training loss on the fixed images and mask: `mae_reconstruction/loss`."""
+  del settings
+  *_, loss = data.run(model.variables)
+  return [{"evaluator": "mae_reconstruction", "metric": "loss", "value": float(loss)}]
+
+
+def images(data: Reconstructions, settings, model) -> dict:
+  """The grid "mae/reconstruction" (uint8 [H, W, C]; rows: original, masked,
+  reconstruction with the visible patches pasted back; predictions of normalised
+  patches are un-normalised with the target patch's own mean/variance)."""
+  del settings
+  *rows, _ = data.run(model.variables)
+  return {"mae/reconstruction": _grid(rows)}
+
+
+def _make_reconstruct(config, model, p):
+  mean, std = (jnp.asarray(v, jnp.float32) for v in (config.input.mean,
+                                                    config.input.std))
+  to_uint8 = lambda x: jnp.round(jnp.clip(x * std + mean, 0, 1) * 255).astype(
+      jnp.uint8)
+
+  def reconstruct(variables, images_uint8):
+    x = _normalized(images_uint8, config)
+    out = model.apply(variables, x, train=False, mask_rng=jax.random.key(0))
+    target, mask = patchify(x, p), out["mask"][..., None]
+    loss = mae_loss(out["pred"], target, out["mask"], config.mae.norm_pix_loss)
+    pred = out["pred"]
+    if config.mae.norm_pix_loss:
+      patch_mean, patch_var = _patch_stats(target)
+      pred = pred * jnp.sqrt(patch_var + NORM_PIX_EPS) + patch_mean
+    gray = (0.5 - mean) / std  # Masked patches are shown mid-gray.
+    images = lambda patches: to_uint8(unpatchify(patches, p, *x.shape[1:]))
+    return (images(target),
+            images(jnp.where(mask > 0, jnp.tile(gray, p * p), target)),
+            images(jnp.where(mask > 0, pred, target)), loss)
+
+  return reconstruct
 
 
 def _grid(rows, border: int = 1) -> np.ndarray:

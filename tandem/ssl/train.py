@@ -14,11 +14,13 @@ tokens for image-text models), and `param_bounds(config)`: {top-level param name
 scale). Batches are dicts of arrays sharded over the batch axes: "image"
 (uint8) and "label", plus "text" tokens when `config.input.text` is set.
 
-Evaluators are the dict-valued entries of `config.evals`: entry NAME is run by
-`<module>.Evaluator(config, data_dir=, mesh=)` with `module` from the entry, default
-`tandem.transfer.NAME`; `run(variables)` gets the whole model's variables and returns
-scalars, and images (uint8 [H, W, C]) that are written to TensorBoard and as PNGs
-in WORKDIR/images/.
+The train state (optimizer state, batch statistics, step, rng, first non-finite
+step) and the update are `tandem.train_state`'s. Evaluators are the dict-valued
+entries of `config.evals`, each run every `every` steps and at the end
+(`tandem.transfer.periodic`: the same `evaluate_task` as the transfer suite);
+metrics go to TensorBoard and WORKDIR/metrics.jsonl, images also as PNGs in
+WORKDIR/images/. `python -m tandem.ssl.train` prints the closing summary
+(`tandem.transfer.report`).
 
 Interrupting (SIGTERM or Ctrl-C) finishes the current step, saves a checkpoint and
 exits; the same command resumes from the workdir (params, batch stats, optimizer
@@ -28,9 +30,6 @@ checkpoint stays the last good one.
 """
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.util
 import json
 import os
 import signal
@@ -41,10 +40,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_flags
-import numpy as np
 import optax
 
 from tandem import checkpoint
@@ -52,22 +48,20 @@ from tandem import config_arg as config_arg_lib
 from tandem import metrics_writer
 from tandem import optimizers
 from tandem import parallel
+from tandem import train_state
 from tandem.data import input_pipeline
 from tandem.ssl import objectives
+from tandem.transfer import periodic
+from tandem.transfer import report
 
 # Keys that may differ between a run and its resumption without refusal.
 RESUME_IGNORED_KEYS = ("allow_config_change",)
 
 
-class NonFiniteLossError(FloatingPointError):
-  pass
+NonFiniteLossError = train_state.NonFiniteLossError
 
 
 class ConfigMismatchError(ValueError):
-  pass
-
-
-class EmptyCaptionsError(ValueError):
   pass
 
 
@@ -102,55 +96,18 @@ def check_config_matches_workdir(config, workdir: str) -> None:
 
 
 def make_init_fn(model, tx, config, init_inputs=None):
-  """`init(rng) -> (params, state)`: fresh params and the train state around them.
-
-  `init_inputs`: example inputs for `model.init` (default
-  `objectives.default_init_inputs`).
-  """
+  """`init(rng) -> (params, state)`: fresh params and the train state around them
+  (`tandem.train_state`). `init_inputs`: example inputs for `model.init` (default
+  `objectives.default_init_inputs`)."""
   if init_inputs is None:
     init_inputs = objectives.default_init_inputs(config)
 
   def init(rng):
     variables = dict(model.init(rng, *init_inputs, train=False))
     params = variables.pop("params")
-    state = dict(opt_state=tx.init(params), model_state=variables,
-                 step=jnp.zeros((), jnp.int32),
-                 rng=jax.random.key_data(jax.random.key(config.seed + 1)),
-                 nonfinite_step=jnp.full((), -1, jnp.int32))
-    return params, state
+    return params, train_state.create(params, tx, variables, config.seed + 1)
 
   return init
-
-
-def make_evaluators(config, *, data_dir: str, mesh) -> dict:
-  """{name: Evaluator} for the dict-valued entries of `config.evals`."""
-  evaluators = {}
-  for name, block in config.evals.items():
-    if not isinstance(block, ml_collections.ConfigDict):
-      continue
-    module = importlib.import_module(block.get("module", f"tandem.transfer.{name}"))
-    evaluators[name] = module.Evaluator(config, data_dir=data_dir, mesh=mesh)
-  return evaluators
-
-
-def _make_step(loss_fn, tx, lr_schedule):
-  def train_step(params, state, batch):
-    step = state["step"]
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (metrics, model_state)), grads = grad_fn(
-        params, state["model_state"], batch, rng)
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
-    params = optax.apply_updates(params, updates)
-    first_nonfinite = jnp.where(
-        (state["nonfinite_step"] < 0) & ~jnp.isfinite(loss), step,
-        state["nonfinite_step"])
-    metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
-               "lr": lr_schedule(step)}
-    state = dict(opt_state=opt_state, model_state=model_state, step=step + 1,
-                 rng=state["rng"], nonfinite_step=first_nonfinite)
-    return params, state, metrics
-  return train_step
 
 
 class _StopSignal:
@@ -190,7 +147,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # --- Mesh ---------------------------------------------------------------------
   mesh = parallel.make_mesh(config.mesh)
-  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  batch_shards = parallel.batch_shards(mesh)
   if config.input.batch_size <= 0:
     raise ValueError(f"config.input.batch_size must be positive, got "
                      f"{config.input.batch_size}.")
@@ -228,25 +185,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       init_rng)
 
   # --- Step -----------------------------------------------------------------------
-  train_step = jax.jit(
-      _make_step(loss_fn, tx, lr_schedule),
-      in_shardings=(params_sharding, state_sharding, batch_sharding),
-      out_shardings=(params_sharding, state_sharding, parallel.replicated(mesh)),
-      donate_argnums=(0, 1))
+  train_step = train_state.jit_step(
+      train_state.make_step(loss_fn, tx, lr_schedule=lr_schedule), mesh,
+      params_sharding, state_sharding, batch_sharding)
 
   # --- Checkpoint -----------------------------------------------------------------
   ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep,
                                  async_save=config.checkpoint.async_save)
   resumed_step = ckpt.latest_step()
-  captions_truncated = 0  # This process's captions cut to the text tower's length.
   if resumed_step is not None:
     with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
     params, state, data_state = ckpt.restore(
         resumed_step, jax.tree.map(with_sharding, abstract_params, params_sharding),
         jax.tree.map(with_sharding, abstract_state, state_sharding))
-    # Saved as the total over processes: it restarts on process 0 alone.
-    truncated_total = data_state.pop("captions_truncated", 0)
-    captions_truncated = truncated_total if jax.process_index() == 0 else 0
     train_iter.set_state(data_state)
   first_step = int(state["step"])
 
@@ -254,44 +205,33 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metrics_writer.MetricsWriter(workdir)
   progress = metrics_writer.Progress(config.total_steps, config.input.batch_size,
                                      first_step)
-  evaluators = make_evaluators(config, data_dir=data_dir, mesh=mesh)
+  evals = periodic.PeriodicEvals(config, data_dir=data_dir, mesh=mesh)
   results = {}
   if resumed_step is not None:
     progress.message(f"Resumed from step {resumed_step} in {workdir}.")
 
+  def log_evals(step, metrics, images, seconds):
+    writer.write(step, metrics)
+    for name, image in images.items():
+      writer.write_images(step, name, image)
+    progress.message(f"eval @ step {step} ({seconds:.0f}s): " + ", ".join(
+        f"{k} {v:.4f}" for k, v in metrics.items()))
+    progress.exclude(seconds)
+
   def run_evals(step, params, state):
     t0 = time.time()
-    variables = {"params": params, **state["model_state"]}
-    metrics = {}
-    for evaluator in evaluators.values():
-      for name, value in evaluator.run(variables).items():
-        if np.ndim(value) >= 3:  # An image.
-          writer.write_images(step, name, value)
-        else:
-          metrics[name] = float(value)
-    writer.write(step, metrics)
-    progress.message(f"eval @ step {step} ({time.time() - t0:.0f}s): " + ", ".join(
-        f"{k} {v:.4f}" for k, v in metrics.items()))
-    progress.exclude(time.time() - t0)
+    metrics, images = evals.run(evals.due(step), step,
+                                {"params": params, **state["model_state"]})
+    log_evals(step, metrics, images, time.time() - t0)
     return metrics
 
-  baselines_path = os.path.join(workdir, "baselines.json")
-  if config.evals.get("baselines", False) and "linear_probe" in evaluators:
-    if os.path.exists(baselines_path):  # Computed before an interruption.
-      with open(baselines_path) as f:
-        results.update(json.load(f))
-    elif first_step == 0:
-      results["baseline/random_init"] = run_evals(0, params, state)
-      t0 = time.time()
-      results["baseline/raw_pixels"] = evaluators["linear_probe"].run_raw_pixels()
-      progress.exclude(time.time() - t0)
-      writer.write(0, results["baseline/raw_pixels"])
-      progress.message("eval @ step 0: " + ", ".join(
-          f"{k} {v:.4f}" for k, v in results["baseline/raw_pixels"].items()))
-      if jax.process_index() == 0:
-        with open(baselines_path, "w") as f:
-          json.dump({k: results[k] for k in ("baseline/random_init",
-                                             "baseline/raw_pixels")}, f, indent=2)
+  if first_step == 0 or os.path.exists(os.path.join(workdir, periodic.BASELINES_FILE)):
+    t0 = time.time()
+    baselines = evals.baselines({"params": params, **state["model_state"]}, workdir)
+    if baselines and first_step == 0:
+      log_evals(0, {k: v for m in baselines.values() for k, v in m.items()
+                    if k.startswith("linear_probe/")}, {}, time.time() - t0)
+    results.update(baselines)
 
   def save(step, params, state):
     nonfinite = int(state["nonfinite_step"])
@@ -301,11 +241,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"Loss became non-finite at step {nonfinite}. Stopped at step {step}; "
           f"the last good checkpoint is step {ckpt.latest_step()} in {workdir}. "
           "Lower the learning rate or check the inputs, then resume from it.")
-    data_state = train_iter.get_state()
-    if "text" in config.input:
-      data_state = {**data_state,
-                    "captions_truncated": _sum_over_processes(captions_truncated)}
-    ckpt.save(step, params, state, data_state=data_state)
+    ckpt.save(step, params, state, data_state=train_iter.get_state())
 
   # --- Loop -----------------------------------------------------------------------
   step = first_step
@@ -313,18 +249,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     with _StopSignal() as stop:
       while step < config.total_steps:
-        local_batch = next(train_iter)
-        if "text" in local_batch:
-          _check_captions(local_batch["text"], step, config)
-          captions_truncated += int(np.sum(local_batch.pop("text_truncated")))
-        batch = parallel.global_batch(local_batch, mesh)
+        batch = parallel.global_batch(next(train_iter), mesh)
         params, state, metrics = train_step(params, state, batch)
         step += 1
         if step % config.log_every == 0 or step == config.total_steps:
           last_metrics = jax.device_get(metrics)
           if "text" in config.input:
-            last_metrics["data/captions_truncated"] = _sum_over_processes(
-                captions_truncated)
+            last_metrics.update(train_iter.metrics())  # A collective.
           if int(state["nonfinite_step"]) >= 0:
             save(step, params, state)  # Raises NonFiniteLossError.
           last_metrics["images_per_sec"] = progress.update(
@@ -338,8 +269,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           return {"interrupted_at": step, "signal": stop.signum}
         if step % config.checkpoint.every == 0 or step == config.total_steps:
           save(step, params, state)
-        if config.evals.every and step % config.evals.every == 0 \
-            and step < config.total_steps:
+        if step < config.total_steps and evals.due(step):
           results.update(run_evals(step, params, state))
 
     if ckpt.latest_step() != step:
@@ -353,59 +283,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
-    _print_summary(results, config)
   return results
-
-
-@functools.lru_cache(maxsize=4)
-def _special_token_ids(tokenizer_spec: str) -> tuple[int, ...]:
-  """pad/bos/eos ids, read once per run (a SentencePiece model is a file load)."""
-  from tandem.data import tokenizer as tokenizer_lib
-  tok = tokenizer_lib.get_tokenizer(tokenizer_spec)
-  return tuple(i for i in (tok.pad_id, tok.bos_id, tok.eos_id) if i is not None)
-
-
-def _check_captions(tokens: np.ndarray, step: int, config) -> None:
-  """Refuses a batch whose captions are all empty: a wrong text feature, not data."""
-  special = _special_token_ids(config.input.text.tokenizer)
-  if not np.isin(tokens, special, invert=True).any():
-    raise EmptyCaptionsError(
-        f"Every caption of the batch at step {step} is empty (dataset "
-        f"{config.dataset!r}, text feature {config.input.text.feature!r}). Point "
-        "--config.input.text.feature at the dataset's caption feature (e.g. "
-        "'caption' or 'captions/text'), or set it to '' to caption a labelled "
-        "dataset with its class names.")
-
-
-def _sum_over_processes(count: int) -> int:
-  if jax.process_count() == 1:
-    return count
-  from jax.experimental import multihost_utils
-  return int(np.sum(multihost_utils.process_allgather(np.int64(count))))
-
-
-def _print_summary(results: dict, config) -> None:
-  """The final evaluation, with the linear probe next to its baselines."""
-  final = dict(results["final"])
-  if "linear_probe" in config.evals:
-    probe = config.evals.linear_probe
-    key = f"linear_probe/{probe.layer}/test_top1"
-    rows = [("pretrained " + config.objective, final.pop(key, None))]
-    if "baseline/random_init" in results:
-      rows += [("same encoder, random weights",
-                results["baseline/random_init"][key]),
-               ("raw pixels", results["baseline/raw_pixels"]
-                ["linear_probe/raw_pixels/test_top1"])]
-    print(f"\nLinear probe ({probe.layer}, L2 chosen on a split of train) on "
-          f"{probe.dataset} {probe.test_split}:")
-    for name, value in rows:
-      print(f"  {name:<34s} {100 * value:6.2f}%")
-  names = [k for k in final
-           if "/" in k and not k.startswith(("linear_probe/", "data/"))]
-  if names:
-    print("\nFinal evaluation:")
-    for name in names:
-      print(f"  {name:<48s} {final[name]:.4f}")
 
 
 FLAGS = flags.FLAGS
@@ -413,9 +291,8 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
   """Command-line flags, defined only when run as a program (so that importing
-  this module next to another entry point, tandem.transfer.run, is harmless)."""
-  config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
-                                  lock_config=True)
+  this module next to another entry point, tandem.transfer.run, is harmless).
+  `--config` is defined by `_parse_flags`, from the config file it names."""
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
   flags.DEFINE_string("coordinator_address", None,
                       "host:port of process 0, for multi-process runs started by "
@@ -429,7 +306,10 @@ def _define_flags():
 
 
 def _parse_flags(argv):
-  return config_arg_lib.parse_flags(FLAGS, argv)
+  """`--config=FILE[:ARG]` through `config_arg.load_config`, `--config.a.b=v`
+  overrides, then the other flags; every error is one line."""
+  return config_arg_lib.parse_flags(FLAGS, argv,
+                                    help_text="Experiment config file[:arg].")
 
 
 def main(argv):
@@ -448,13 +328,16 @@ def main(argv):
     result = train(FLAGS.config, FLAGS.workdir)
     if "interrupted_at" in result:
       sys.exit(128 + result["signal"])  # The shell's convention: 130 for Ctrl-C.
+    if jax.process_index() == 0:
+      report.print_pretraining_summary(result, FLAGS.config)
   except (input_pipeline.DatasetNotPreparedError, ConfigMismatchError,
-          NonFiniteLossError, EmptyCaptionsError, checkpoint.CheckpointError,
+          NonFiniteLossError, input_pipeline.EmptyCaptionsError,
+          checkpoint.CheckpointError,
           ValueError) as e:
     sys.exit(f"Error: {e}")
 
 
 if __name__ == "__main__":
   _define_flags()
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.mark_flags_as_required(["workdir"])  # No --config: main's usage line.
   app.run(main, flags_parser=_parse_flags)

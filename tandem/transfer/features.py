@@ -13,6 +13,7 @@ mean-pooled to vectors; `pre_logits` is used as is.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -57,19 +58,6 @@ def _embed_fn(model_name: str, model_kwargs: tuple, layer: str, mean: tuple,
   return embed
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _replicate(x, sharding):
-  return jax.lax.with_sharding_constraint(x, sharding)
-
-
-def _freeze(value):
-  if isinstance(value, dict):
-    return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-  if isinstance(value, list):
-    return tuple(_freeze(v) for v in value)
-  return value
-
-
 RESIZE = "linear, antialiased, to a square (aspect ratio not kept)"
 
 
@@ -98,32 +86,36 @@ def extract(variables, images: np.ndarray, config, *, layer: str = "pre_logits",
             batch_size: int = 256, mesh=None) -> np.ndarray:
   """Features [N, D] (float32 NumPy) of `images` under the backbone `variables`.
 
-  With a `mesh`, batches are split over its batch axes (batch_size is rounded up to
-  a multiple of the device count); otherwise they run on the default device.
+  With a `mesh`, batches are split over its batch axes
+  (`parallel.batched_map`); otherwise they run on the default device.
   """
-  embed = _embed_fn(config.model_name, _freeze(config.model.to_dict()), layer,
+  embed = _embed_fn(config.model_name, parallel.hashable(config.model.to_dict()), layer,
                     tuple(config.input.mean), tuple(config.input.std))
   images = prepare_images(images, config.input)
-  n = len(images)
-  if mesh is not None:
-    batch_size = -(-batch_size // mesh.size) * mesh.size
-    sharding = parallel.batch_sharding(mesh)
-  outputs = []
-  for start in range(0, n, batch_size):
-    chunk = images[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:  # Fixed shapes: one compilation for the whole extraction.
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    if mesh is not None:  # Every process holds the whole chunk (multi-host safe).
-      chunk = jax.make_array_from_callback(chunk.shape, sharding,
-                                           lambda index, c=chunk: c[index])
-      feats = _replicate(embed(variables, chunk), parallel.replicated(mesh))
-    else:
-      feats = embed(variables, chunk)
-    outputs.append(np.asarray(feats)[:batch_size - pad])
-  if not outputs:
-    return np.zeros((0, 0), np.float32)
-  return np.concatenate(outputs)
+  return parallel.batched_map(lambda chunk: embed(variables, chunk), images,
+                              batch_size, mesh=mesh)
+
+
+IMAGE_TEXT_LAYER = "image_text_embedding"  # A two-tower model's image embedding.
+RAW_PIXELS = "raw_pixels"  # Pixels scaled to [0, 1], flattened: the baseline to beat.
+
+
+def extractor(model) -> Callable[[np.ndarray, str], np.ndarray]:
+  """`extract(images, layer)` for `protocol.TaskData`, under `model`
+  (`protocol.Model`)'s current variables: a backbone layer, `IMAGE_TEXT_LAYER`
+  (the image tower's normalised embedding) or `RAW_PIXELS`."""
+
+  def features(images, layer):
+    if layer == RAW_PIXELS:
+      return images.reshape(len(images), -1).astype(np.float32) / 255.0
+    if layer == IMAGE_TEXT_LAYER:
+      return model.embedder.images(model.variables, images)
+    params = model.variables["params"]
+    state = {k: v for k, v in model.variables.items() if k != "params"}
+    return extract(encoder_variables(params, state), images, model.config,
+                   layer=layer, batch_size=model.batch_size, mesh=model.mesh)
+
+  return features
 
 
 class ImageTextEmbedder:
@@ -150,24 +142,15 @@ class ImageTextEmbedder:
         method=model.encode_image))
     self._texts = jax.jit(lambda v, t: model.apply(v, t, method=model.encode_text))
 
-  def _batched(self, fn, variables, inputs: np.ndarray) -> np.ndarray:
-    outputs = []
-    for start in range(0, len(inputs), self.batch_size):
-      chunk = inputs[start:start + self.batch_size]
-      pad = self.batch_size - len(chunk) if len(inputs) > self.batch_size else 0
-      if pad:  # One compiled shape for every full and last batch.
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
-                                                chunk.dtype)])
-      outputs.append(np.asarray(fn(variables, chunk))[:len(chunk) - pad])
-    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
-
   def images(self, variables, images: np.ndarray) -> np.ndarray:
     """[N, D] embeddings of uint8 images of any size/channels."""
-    return self._batched(self._images, variables,
-                         prepare_images(images, self.config.input))
+    return parallel.batched_map(lambda x: self._images(variables, x),
+                                prepare_images(images, self.config.input),
+                                self.batch_size)
 
   def texts(self, variables, texts) -> np.ndarray:
     """[N, D] embeddings of a list of strings."""
     tokens, truncated = self.tokenizer.encode_batch(list(texts), self.max_len)
     self.truncated += int(np.sum(truncated))
-    return self._batched(self._texts, variables, tokens)
+    return parallel.batched_map(lambda t: self._texts(variables, t), tokens,
+                                self.batch_size)

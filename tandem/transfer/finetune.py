@@ -83,6 +83,7 @@ import optax
 
 from tandem import models
 from tandem import parallel
+from tandem import train_state
 from tandem.data import augment
 from tandem.data import preprocess
 from tandem.transfer import features
@@ -95,11 +96,10 @@ DECAY_AT = (0.3, 0.6, 0.9)  # Fractions of the steps where the lr drops ×0.1.
 _HYPERRULE = ((20_000, 500, 100), (500_000, 10_000, 500), (float("inf"), 20_000, 500))
 # Keys of `config.evals.finetune` that say what to evaluate on, not how to train.
 _EVAL_KEYS = ("module", "dataset", "train_split", "test_split", "max_train",
-              "max_test", "num_val")
+              "max_test", "num_val", "every", "seed", "layer")
 
 
-class NonFiniteLossError(FloatingPointError):
-  """The fine-tuning loss became NaN or Inf."""
+NonFiniteLossError = train_state.NonFiniteLossError
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -299,28 +299,20 @@ class _Static:
     return models.get_model(self.model_name, **dict(self.model_kwargs))
 
 
-def _hashable(value):
-  if isinstance(value, dict):
-    return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
-  if isinstance(value, (list, tuple)):
-    return tuple(_hashable(v) for v in value)
-  return value
-
-
 def _make_static(pretrain_config, ft) -> _Static:
   aug = None
   if ft.crop or ft.flip:
     view = dict(augment.IDENTITY, flip_prob=0.5 if ft.flip else 0.0,
                 crop_scale=tuple(ft.crop_scale) if ft.crop else (1.0, 1.0),
                 crop_ratio=tuple(ft.crop_ratio) if ft.crop else (1.0, 1.0))
-    aug = _hashable(view)
+    aug = parallel.hashable(view)
   train_backbone = ft.train_backbone_mode
   if train_backbone is None:
     train_backbone = ft.mode in ("full", "norm")
   alpha = ft.lora_rank if ft.lora_alpha is None else ft.lora_alpha
   return _Static(
       model_name=pretrain_config.model_name,
-      model_kwargs=_hashable(pretrain_config.model.to_dict()), mode=ft.mode,
+      model_kwargs=parallel.hashable(pretrain_config.model.to_dict()), mode=ft.mode,
       train_backbone=bool(train_backbone), norm_pattern=ft.norm_pattern,
       lora_scale=float(alpha) / float(ft.lora_rank), aug=aug,
       mean=tuple(pretrain_config.input.mean), std=tuple(pretrain_config.input.std),
@@ -328,11 +320,15 @@ def _make_static(pretrain_config, ft) -> _Static:
 
 
 def make_optimizer(mask, lr, momentum: float, weight_decay: float):
-  """Momentum SGD on the trainable leaves; frozen ones get zero updates, no state."""
+  """Momentum SGD on the trainable leaves; frozen ones get zero updates, no state.
+
+  `mask`: a bool tree, or a function of the params returning one."""
   train = optax.sgd(lr, momentum=momentum)
   if weight_decay:
     train = optax.chain(optax.add_decayed_weights(weight_decay), train)
-  labels = jax.tree.map(lambda t: "train" if t else "frozen", mask)
+  to_labels = lambda m: jax.tree.map(lambda t: "train" if t else "frozen", m)
+  labels = ((lambda params: to_labels(mask(params))) if callable(mask)
+            else to_labels(mask))
   return optax.multi_transform({"train": train, "frozen": optax.set_to_zero()},
                                labels)
 
@@ -354,37 +350,30 @@ def _forward(static: _Static, params, model_state, x, *, train: bool, rng=None):
   return feats @ head["kernel"] + head["bias"], _plain(model_state)
 
 
-def _train_step(static: _Static, params, state, images, labels, lr):
-  mask = trainable_mask(params, static.mode, static.norm_pattern)
-  tx = make_optimizer(mask, lr, static.momentum, static.weight_decay)
-  step = state["step"]
-  rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
-  aug_rng, dropout_rng = jax.random.split(rng)
-  x = images.astype(jnp.float32) / 255.0
-  if static.aug is not None:
-    x = augment.augment_view(aug_rng, x, dict(static.aug))
-  x = preprocess.normalize(x, static.mean, static.std)
+@functools.lru_cache(maxsize=8)
+def _step_fn(static: _Static):
+  """The fine-tuning update (`train_state.make_step`): batches are {"image",
+  "label", "lr"}; the rate comes in the batch so that a sweep compiles once."""
 
-  def loss_fn(params):
-    # Frozen leaves get no gradient, so XLA spends no backward pass on them.
-    params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p),
-                          params, mask)
-    logits, model_state = _forward(static, params, state["model_state"], x,
+  def loss_fn(params, model_state, batch, rng):
+    aug_rng, dropout_rng = jax.random.split(rng)
+    x = batch["image"].astype(jnp.float32) / 255.0
+    if static.aug is not None:
+      x = augment.augment_view(aug_rng, x, dict(static.aug))
+    x = preprocess.normalize(x, static.mean, static.std)
+    logits, model_state = _forward(static, params, model_state, x,
                                    train=static.train_backbone, rng=dropout_rng)
-    loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return loss.mean(), model_state
+    loss = optax.losses.softmax_cross_entropy_with_integer_labels(
+        logits, batch["label"]).mean()
+    return loss, ({}, model_state)
 
-  (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  updates, opt_state = tx.update(grads, state["opt_state"], params)
-  # Frozen leaves pass through untouched (bit-identical, even for -0.0).
-  params = jax.tree.map(lambda p, u, t: p + u if t else p, params, updates, mask)
-  nonfinite = jnp.where((state["nonfinite_step"] < 0) & ~jnp.isfinite(loss), step,
-                        state["nonfinite_step"])
-  state = dict(opt_state=opt_state, model_state=model_state, step=step + 1,
-               rng=state["rng"], nonfinite_step=nonfinite)
-  return params, state, {"loss": loss}
+  trainable = lambda params: trainable_mask(params, static.mode, static.norm_pattern)
+  tx = lambda batch: make_optimizer(trainable, batch["lr"], static.momentum,
+                                    static.weight_decay)
+  return train_state.make_step(loss_fn, tx, trainable=trainable)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _predict(static: _Static, params, model_state, images):
   x = preprocess.normalize(images.astype(jnp.float32) / 255.0, static.mean,
                            static.std)
@@ -392,15 +381,6 @@ def _predict(static: _Static, params, model_state, images):
 
 
 # --------------------------------------------------------------------- fine-tuning
-
-
-def _to_global(x: np.ndarray, sharding) -> jax.Array:
-  """A host array every process holds in full, as a global array (multi-host safe)."""
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-
-def _batch_shards(mesh) -> int:
-  return int(np.prod([mesh.shape[a] for a in parallel.BATCH_AXES]))
 
 
 def _batches(num_examples: int, batch_size: int, seed: int):
@@ -438,33 +418,12 @@ class FineTuned:
   _mesh: Any = dataclasses.field(repr=False)
   _eval_batch_size: int = dataclasses.field(repr=False)
 
-  def _sharded_predict(self):
-    shard = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
-    return jax.jit(_predict, static_argnums=0,
-                   in_shardings=(shard(self.params), shard(self.model_state),
-                                 parallel.batch_sharding(self._mesh)),
-                   out_shardings=parallel.replicated(self._mesh))
-
   def predict(self, images: np.ndarray) -> np.ndarray:
     """Logits [N, num_classes] of uint8 images (any size and channel count)."""
-    images = features.prepare_images(images, self._input)
-    shards = _batch_shards(self._mesh)
-    round_up = lambda n: -(-n // shards) * shards
-    batch = min(round_up(self._eval_batch_size), round_up(max(len(images), 1)))
-    predict, sharding = self._sharded_predict(), parallel.batch_sharding(self._mesh)
-    outputs = []
-    for start in range(0, len(images), batch):
-      chunk = images[start:start + batch]
-      pad = batch - len(chunk)
-      if pad:  # Fixed shapes: one compilation for every batch.
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
-                                                chunk.dtype)])
-      logits = predict(self._static, self.params, self.model_state,
-                       _to_global(chunk, sharding))
-      outputs.append(np.asarray(logits)[:batch - pad])
-    if not outputs:
-      return np.zeros((0, self.params["head"]["bias"].shape[0]), np.float32)
-    return np.concatenate(outputs)
+    return parallel.batched_map(
+        lambda chunk: _predict(self._static, self.params, self.model_state, chunk),
+        features.prepare_images(images, self._input), self._eval_batch_size,
+        mesh=self._mesh, empty_shape=(0, self.params["head"]["bias"].shape[0]))
 
   def accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy on uint8 images and int labels."""
@@ -502,7 +461,7 @@ def finetune(pretrain_config, variables, train_images: np.ndarray,
   # --- Mesh and schedule ------------------------------------------------------------
   if mesh is None:
     mesh = parallel.make_mesh(pretrain_config.get("mesh", None) or {"data": -1})
-  p = plan(len(images), ft, _batch_shards(mesh))
+  p = plan(len(images), ft, parallel.batch_shards(mesh))
   lr_fn = lr_schedule(p["peak_lr"], p["warmup_steps"], p["decay_steps"])
   lrs = np.asarray(jax.jit(jax.vmap(lr_fn))(jnp.arange(p["steps"])), np.float32)
 
@@ -536,39 +495,31 @@ def finetune(pretrain_config, variables, train_images: np.ndarray,
   params = copy(params, params_sharding)
   model_state = copy(model_state, parallel.tree_shardings(model_state, rules, mesh))
 
-  def make_state(params, model_state):
-    return dict(opt_state=tx.init(params), model_state=model_state,
-                step=jnp.zeros((), jnp.int32),
-                rng=jax.random.key_data(jax.random.key(seed)),
-                nonfinite_step=jnp.full((), -1, jnp.int32))
-
+  make_state = lambda params, model_state: train_state.create(params, tx,
+                                                              model_state, seed)
   state_sharding = parallel.tree_shardings(
       jax.eval_shape(make_state, params, model_state), rules, mesh)
   state = jax.jit(make_state, out_shardings=state_sharding)(params, model_state)
   batch_sharding = parallel.batch_sharding(mesh)
-  replicated = parallel.replicated(mesh)
 
   # --- Step and loop ----------------------------------------------------------------
-  train_step = jax.jit(
-      _train_step, static_argnums=0,
-      in_shardings=(params_sharding, state_sharding, batch_sharding, batch_sharding,
-                    replicated),
-      out_shardings=(params_sharding, state_sharding, replicated),
-      donate_argnums=(1, 2))
+  train_step = train_state.jit_step(
+      _step_fn(static), mesh, params_sharding, state_sharding,
+      dict(image=batch_sharding, label=batch_sharding,
+           lr=parallel.replicated(mesh)))
   batches = _batches(len(images), p["batch_size"], seed)
   losses = []
   for step in range(p["steps"]):
     idx = next(batches)
-    params, state, metrics = train_step(
-        static, params, state, _to_global(images[idx], batch_sharding),
-        _to_global(labels[idx], batch_sharding), lrs[step])
+    batch = dict(image=parallel.host_to_global(images[idx], batch_sharding),
+                 label=parallel.host_to_global(labels[idx], batch_sharding),
+                 lr=lrs[step])
+    params, state, metrics = train_step(params, state, batch)
     if (step + 1) % ft.check_every == 0 or step + 1 == p["steps"]:
-      bad = int(state["nonfinite_step"])
-      if bad >= 0:
-        raise NonFiniteLossError(
-            f"Fine-tuning ({ft.mode}, lr_per_512 {ft.lr_per_512}) diverged: the loss became "
-            f"non-finite at step {bad} (of {p['steps']}). No result is reported for "
-            "a diverged run; lower `lr_per_512`, or check the checkpoint for NaN/Inf.")
+      train_state.check_finite(state, (
+          f"Fine-tuning ({ft.mode}, lr_per_512 {ft.lr_per_512}, {p['steps']} steps) "
+          "diverged; no result is reported for a diverged run. Lower `lr_per_512`, "
+          "or check the checkpoint for NaN/Inf."))
       losses.append((step + 1, float(metrics["loss"])))
 
   return FineTuned(
@@ -583,10 +534,27 @@ def finetune(pretrain_config, variables, train_images: np.ndarray,
 # ------------------------------------------------------------------------ protocol
 
 
-def evaluate_task(task_data: protocol.TaskData, pretrain_config, variables, ft_config,
-                  *, mesh=None, seed: int = 0) -> list[dict]:
-  """VTAB-1k: lr chosen on val (train → val), retrain on trainval, test top-1."""
-  ft = resolve_config(ft_config)
+def load_data(settings, config, data_dir: str, *, mesh=None,
+              **kwargs) -> protocol.TaskData:
+  """Inside pretraining: the block's task, val a fifth of train unless `num_val`."""
+  del mesh  # The model's.
+  from tandem.transfer import periodic  # pylint: disable=g-import-not-at-top
+  task = periodic.load_task(settings, config, data_dir, **kwargs)
+  if not len(task.val_index):
+    task = periodic.load_task(settings, config, data_dir,
+                              num_val=max(1, len(task.trainval.labels) // 5), **kwargs)
+  return task
+
+
+def evaluate_task(task_data: protocol.TaskData, settings, model) -> list[dict]:
+  """VTAB-1k: lr chosen on val (train → val), retrain on trainval, test top-1.
+
+  `settings`: fields of `default_config()`, besides the keys that say what to
+  evaluate on (`_EVAL_KEYS`); `model`: the pretrained `protocol.Model`."""
+  ft = resolve_config({k: v for k, v in dict(settings).items()
+                       if k not in _EVAL_KEYS})
+  pretrain_config, variables = model.config, model.variables
+  mesh, seed = model.mesh, model.seed
   grid = tuple(float(lr) for lr in ft.lr_per_512_grid) or (float(ft.lr_per_512),)
   with task_data.selection():
     train, val = task_data.train, task_data.val
@@ -622,56 +590,3 @@ def evaluate_task(task_data: protocol.TaskData, pretrain_config, variables, ft_c
           f"{tuned.batch_size}, {tuned.steps} steps, warm-up {tuned.warmup_steps}, "
           f"lr x0.1 at {list(tuned.decay_steps)}, crop={ft.crop} flip={ft.flip}"),
   }]
-
-
-class Evaluator:
-  """Fine-tuning of the pretraining backbone, run periodically during training.
-
-  Built from `config.evals.finetune`: `dataset`, `train_split`, `test_split`,
-  `max_train`, `max_test` (0: all), `num_val` (carved from train, seeded; default a
-  fifth) and any `default_config()` field, e.g.
-
-      config.evals.finetune = dict(dataset="fashion_mnist", train_split="train",
-          test_split="test", max_train=1000, max_test=1000, num_val=200,
-          mode="head", steps=100)
-
-  `run(variables)` runs `evaluate_task` on the whole model's `variables` and returns
-  `finetune/<mode>/test_top1`, `.../val_top1` and `.../lr_per_512`.
-  """
-
-  def __init__(self, config, *, data_dir: str, mesh=None):
-    from tandem.data import input_pipeline  # Host data code, only when evaluating.
-    self.config, self.mesh = config, mesh
-    block = config.evals.finetune
-    self.ft = resolve_config({k: v for k, v in block.to_dict().items()
-                              if k not in _EVAL_KEYS})
-    load = functools.partial(input_pipeline.load_arrays, block.dataset,
-                             data_dir=data_dir, image_size=config.input.image_size,
-                             channels=config.input.channels)
-    rng = np.random.default_rng(config.seed)
-    train_images, train_labels = _subsample(*load(block.train_split),
-                                            block.get("max_train", 0), rng)
-    test_images, test_labels = _subsample(*load(block.test_split),
-                                          block.get("max_test", 0), rng)
-    num_val = block.get("num_val", 0) or max(1, len(train_labels) // 5)
-    order = rng.permutation(len(train_labels))
-    val, train = order[:num_val], order[num_val:]
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    self.task = protocol.TaskData(block.dataset, num_classes, {
-        "train": protocol.Split("train", train_images[train], train_labels[train]),
-        "val": protocol.Split("val", train_images[val], train_labels[val]),
-        "test": protocol.Split("test", test_images, test_labels)})
-
-  def run(self, variables) -> dict[str, float]:
-    record, = evaluate_task(self.task, self.config, variables, self.ft,
-                            mesh=self.mesh, seed=self.config.seed)
-    prefix = f"finetune/{self.ft.mode}/"
-    return {prefix + "test_top1": record["value"],
-            prefix + "val_top1": record["val_top1"], prefix + "lr_per_512": record["lr_per_512"]}
-
-
-def _subsample(images, labels, max_examples: int, rng):
-  if max_examples and len(images) > max_examples:
-    idx = np.sort(rng.choice(len(images), max_examples, replace=False))
-    return images[idx], labels[idx]
-  return images, labels

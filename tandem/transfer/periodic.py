@@ -1,89 +1,129 @@
-"""Frozen-feature evaluators run periodically inside pretraining (`config.evals`).
+"""Evaluations inside pretraining: the blocks of `config.evals`.
 
-Each block of `config.evals` names a dataset, a train and a test split, optional
-caps (`max_train`, `max_test`: a seeded subsample, 0 = all), the `layer` and the
-extraction `batch_size`. Images are loaded once per (dataset, split, cap) for the
-whole run, and features once per (params, dataset, split, layer): when
-`linear_probe`, `fewshot` and `knn` evaluate the same checkpoint on the same data,
-the backbone runs over those images once, not three times.
+Every dict-valued entry NAME of `config.evals` is an evaluator
+(`protocol.EVALUATORS[NAME]`, or the block's `module`) run every `every` steps
+(0: only at the end of training) through the same `evaluate_task(data, settings,
+model)` as the suite runner (`tandem.transfer.run`); its records become metrics
+named `evaluator/layer/metric` (`report.metrics`), and an evaluator with an
+`images` function also returns pictures (written apart from the metrics).
+
+Data: a module's own `load_data(settings, config, data_dir)` where it has one,
+else a classification task from the block's `dataset`, `train_split`, `test_split`,
+`max_train`, `max_test` (a seeded subsample; 0 = all) and `num_val` (val carved from
+train, seeded: `TaskData.carved`). Images are loaded once per (dataset, split, cap)
+for the whole run and features once per (step, dataset, split, cap, layer) in one
+`protocol.FeatureCache`: when `linear_probe`, `fewshot` and `knn` evaluate the same
+step on the same data, the backbone runs over those images once.
+
+`linear_probe.baselines=True` also probes, at step 0, the random-init encoder and
+the raw pixels (`baselines`).
 """
 from __future__ import annotations
 
 import functools
+import json
+import os
 
-import numpy as np
+import jax
+import ml_collections
 
 from tandem.transfer import features as features_lib
 from tandem.transfer import protocol
+from tandem.transfer import report
 
-# The features of the params evaluated last: {key: array}, reset for new params.
-_FEATURES: dict = {"params": None, "cache": {}}
-
-
-def _cached(variables, key, compute):
-  params = variables["params"]
-  if _FEATURES["params"] is not params:
-    _FEATURES["params"], _FEATURES["cache"] = params, {}
-  if key not in _FEATURES["cache"]:
-    _FEATURES["cache"][key] = compute()
-  return _FEATURES["cache"][key]
+BASELINES_FILE = "baselines.json"
 
 
 @functools.lru_cache(maxsize=8)
-def _load(dataset: str, split: str, data_dir: str, image_size: int, channels: int,
-          max_examples: int, seed: int):
+def load_split(dataset: str, split: str, data_dir: str, image_size: int,
+               channels: int, max_examples: int, seed: int):
+  """(images, labels) of a split at the run's input size, seeded-subsampled."""
   from tandem.data import input_pipeline  # Host data code, only when evaluating.
   images, labels = input_pipeline.load_arrays(dataset, split, data_dir=data_dir,
                                               image_size=image_size, channels=channels)
-  if max_examples and len(images) > max_examples:
-    keep = np.sort(np.random.default_rng(seed).choice(len(images), max_examples,
-                                                      replace=False))
-    images, labels = images[keep], labels[keep]
-  return images, labels
+  return input_pipeline.subsample(max_examples, seed, images, labels)
 
 
-class FrozenFeatureEvaluator:
-  """Base: loads `config.evals.<name>`'s splits; `run` extracts and evaluates.
+def load_task(settings, config, data_dir: str, *, num_val: int = 0,
+              **kwargs) -> protocol.TaskData:
+  """The classification task of an evaluator block (see the module docstring)."""
+  load = lambda part: load_split(
+      settings.dataset, settings[f"{part}_split"], data_dir, config.input.image_size,
+      config.input.channels, settings.get(f"max_{part}", 0), config.seed)
+  (train_x, train_y), (test_x, test_y) = load("train"), load("test")
+  key = lambda part: (settings.dataset, settings[f"{part}_split"],
+                      settings.get(f"max_{part}", 0))
+  return protocol.TaskData.carved(
+      settings.dataset, int(max(train_y.max(), test_y.max())) + 1,
+      protocol.Split("train", train_x, train_y), protocol.Split("test", test_x, test_y),
+      num_val=settings.get("num_val", num_val), seed=config.seed,
+      keys={"trainval": key("train"), "test": key("test")}, **kwargs)
 
-  Subclasses set `name` and define `evaluate(train_x, train_y, test_x, test_y)`.
-  """
-  name = ""
+
+class PeriodicEvals:
+  """The evaluators of `config.evals`, their data, one feature cache."""
 
   def __init__(self, config, *, data_dir: str, mesh=None):
-    self.config, self.mesh, self.data_dir = config, mesh, data_dir
-    self.block = config.evals[self.name]
-    self.layer = self.block.get("layer", "pre_logits")
-    self._splits = {}
-    for part in ("train", "test"):
-      split = self.block[f"{part}_split"]
-      self._splits[part] = (split, self.block.get(f"max_{part}", 0))
-    self.train_images, self.train_labels = self._images("train")
-    self.test_images, self.test_labels = self._images("test")
+    self.config = config
+    self.cache = protocol.FeatureCache()
+    self.model = protocol.Model(config, variables={}, mesh=mesh, seed=config.seed)
+    extract = features_lib.extractor(self.model)
+    self.blocks, self.modules, self.data = {}, {}, {}
+    for name, block in config.evals.items():
+      if not isinstance(block, ml_collections.ConfigDict):
+        continue
+      module = protocol.get_evaluator(name, block.get("module", None))
+      self.blocks[name], self.modules[name] = block, module
+      if hasattr(module, "load_data"):
+        self.data[name] = module.load_data(block, config, data_dir, extract=extract,
+                                           cache=self.cache, mesh=mesh)
+      else:
+        self.data[name] = load_task(block, config, data_dir, extract=extract,
+                                    cache=self.cache)
 
-  def _images(self, part: str):
-    split, cap = self._splits[part]
-    return _load(self.block.dataset, split, self.data_dir,
-                 self.config.input.image_size, self.config.input.channels, cap,
-                 self.config.seed)
+  def due(self, step: int) -> list[str]:
+    """The evaluators whose `every` divides `step` (the end of training: all)."""
+    if step >= self.config.total_steps:
+      return list(self.blocks)
+    return [name for name, block in self.blocks.items()
+            if block.get("every", 0) and step % block.every == 0]
 
-  def features(self, variables) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) features of the backbone inside the whole model's variables."""
-    variables = dict(variables)
-    params = variables.pop("params")
-    backbone = features_lib.encoder_variables(params, variables)
-    out = []
-    for part, images in (("train", self.train_images), ("test", self.test_images)):
-      key = (self.block.dataset, *self._splits[part], self.layer)
-      out.append(_cached({"params": params}, key, lambda images=images: (
-          protocol.check_finite(features_lib.extract(
-              backbone, images, self.config, layer=self.layer,
-              batch_size=self.block.get("batch_size", 256), mesh=self.mesh),
-              f"{self.block.dataset}/{part}/{self.layer}"))))
-    return out[0], out[1]
+  def _settings(self, name: str, **changes) -> dict:
+    return {"seed": self.config.seed, **self.blocks[name].to_dict(), **changes}
 
-  def evaluate(self, train_x, train_y, test_x, test_y) -> dict[str, float]:
-    raise NotImplementedError
+  def run(self, names, version, variables) -> tuple[dict, dict]:
+    """(metrics, images) of evaluators `names` on the whole model's `variables`;
+    `version` names the params (features are extracted once per version)."""
+    self.cache.set_version(version)
+    self.model.variables = variables
+    metrics, images = {}, {}
+    for name in names:
+      module, data, settings = self.modules[name], self.data[name], self._settings(name)
+      self.model.batch_size = settings.get("batch_size", 256)  # Extraction batch.
+      metrics.update(report.metrics(module.evaluate_task(data, settings, self.model)))
+      if hasattr(module, "images"):
+        images.update(module.images(data, settings, self.model))
+    return metrics, images
 
-  def run(self, variables) -> dict[str, float]:
-    train_x, test_x = self.features(variables)
-    return self.evaluate(train_x, self.train_labels, test_x, self.test_labels)
+  def baselines(self, variables, workdir: str) -> dict[str, dict]:
+    """The linear probe of the random-init encoder (`variables`) and of raw pixels,
+    when `linear_probe.baselines` is set: {"baseline/random_init": metrics,
+    "baseline/raw_pixels": metrics}. Kept in WORKDIR/baselines.json, so a resumed
+    run reports the numbers of its start."""
+    block = self.blocks.get("linear_probe")
+    if block is None or not block.get("baselines", False):
+      return {}
+    path = os.path.join(workdir, BASELINES_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+    probe, data = self.modules["linear_probe"], self.data["linear_probe"]
+    results = {"baseline/random_init": self.run(["linear_probe"], "init",
+                                                variables)[0],
+               "baseline/raw_pixels": report.metrics(probe.evaluate_task(
+                   data, self._settings("linear_probe",
+                                        layer=features_lib.RAW_PIXELS), self.model))}
+    if jax.process_index() == 0:
+      with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    return results

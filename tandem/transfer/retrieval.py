@@ -18,6 +18,7 @@ Procedural captions repeat ("one small red circle"), so this matters there.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -49,29 +50,45 @@ def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray,
   return out
 
 
-class Evaluator:
-  """Recall@1/5/10 on `config.evals.retrieval` (dataset, split, text_feature)."""
+@dataclasses.dataclass
+class Pairs:
+  """Images and their captions (a list of strings per image): retrieval's data."""
+  name: str
+  images: np.ndarray
+  captions: list
+  group: str = "image-text"
 
-  def __init__(self, config, *, data_dir: str, mesh=None):
-    del mesh
-    from tandem.data import input_pipeline
-    from tandem.transfer import features
-    self.block = config.evals.retrieval
-    self.embedder = features.ImageTextEmbedder(config, self.block.batch_size)
-    images, captions, _ = input_pipeline.load_image_text(
-        self.block.dataset, self.block.split, data_dir=data_dir,
-        image_size=config.input.image_size, channels=config.input.channels,
-        text_feature=self.block.text_feature)
-    if self.block.max_examples and len(images) > self.block.max_examples:
-      keep = np.sort(np.random.default_rng(config.seed).choice(
-          len(images), self.block.max_examples, replace=False))
-      images, captions = images[keep], [captions[i] for i in keep]
-    self.images, self.captions = images, captions
-    self.texts = [c for caps in captions for c in caps]
 
-  def run(self, variables) -> dict[str, float]:
-    image_emb = self.embedder.images(variables, self.images)
-    text_emb = self.embedder.texts(variables, self.texts)
-    prefix = f"retrieval/{self.block.dataset}/{self.block.split}/"
-    return {prefix + k: v for k, v in recall_at_k(
-        image_emb, text_emb, self.captions, self.texts).items()}
+def load_data(settings, config, data_dir: str, *, seed: int | None = None,
+              extract=None, cache=None, mesh=None):
+  """`settings.dataset`'s `split` with its `text_feature` captions, at the
+  checkpoint's image size (datasets such as coco_captions hold images of many
+  sizes, which cannot be stacked as stored), capped at `max_examples` (seeded)."""
+  del extract, cache, mesh  # Retrieval embeds its own data, on one device.
+  from tandem.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  images, captions, _ = input_pipeline.load_image_text(
+      settings.dataset, settings.split, data_dir=data_dir,
+      image_size=config.input.image_size, channels=config.input.channels,
+      text_feature=settings.get("text_feature", "") or None)
+  images, captions = input_pipeline.subsample(
+      settings.get("max_examples", 0), config.seed if seed is None else seed,
+      images, captions)
+  return Pairs(f"{settings.dataset}/{settings.split}", images, list(captions))
+
+
+def evaluate_task(data: Pairs, settings, model) -> list[dict]:
+  """Recall@K image→text and text→image: records `retrieval_i2t_recall@K` and
+  `retrieval_t2i_recall@K`."""
+  del settings
+  from tandem.transfer import features  # pylint: disable=g-import-not-at-top
+  if model.embedder is None:
+    return [{"evaluator": "retrieval", "skipped": (
+        f"{model.config.objective} checkpoints have no text tower; retrieval needs "
+        "a CLIP/SigLIP checkpoint.")}]
+  texts = [c for caps in data.captions for c in caps]
+  scores = recall_at_k(model.embedder.images(model.variables, data.images),
+                       model.embedder.texts(model.variables, texts), data.captions,
+                       texts)
+  return [{"evaluator": f"retrieval_{k}", "metric": k, "value": v,
+           "layer": features.IMAGE_TEXT_LAYER, "num_images": len(data.images),
+           "num_captions": len(texts)} for k, v in scores.items()]

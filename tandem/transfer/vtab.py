@@ -18,11 +18,12 @@ dataset's own splits as follows (sizes of the source splits in the comments belo
 
 Structured tasks predict a label computed from other features (`Task.label` is then
 a function of the decoded example, in NumPy, equal to task_adaptation's TensorFlow
-preprocessing). Two versions differ from task_adaptation's, whose versions TFDS 4.9
-no longer builds: Oxford-IIIT Pet is "oxford_iiit_pet:4.*.*" (task_adaptation:
-3.*.*; the same images, labels and splits, with corrupt images fixed and head boxes
-added), KITTI "kitti:3.*.*" (task_adaptation pins 3.1.0; its authors confirm that
-3.2.0 yields the same data, task_adaptation issue #18; 3.3.0 adds `occluded` labels).
+preprocessing: `tandem/data/labels.py`). Two versions differ from task_adaptation's,
+whose versions TFDS 4.9 no longer builds: Oxford-IIIT Pet is "oxford_iiit_pet:4.*.*"
+(task_adaptation: 3.*.*; the same images, labels and splits, with corrupt images
+fixed and head boxes added), KITTI "kitti:3.*.*" (task_adaptation pins 3.1.0; its
+authors confirm that 3.2.0 yields the same data, task_adaptation issue #18; 3.3.0
+adds `occluded` labels).
 
 OFFLINE is a suite with the same protocol on data built locally by
 `python -m tandem.data.prepare --dataset NAME` (no network): Fashion-MNIST and the
@@ -30,17 +31,15 @@ CIFAR-10 subset (natural), and the procedural `dsprites_like` and `clevr_like`
 (structured; the same features as TFDS's dsprites and clevr, and the same label
 functions as the VTAB tasks on them).
 
-`load_split` returns uint8 images and int32 labels. Tasks whose label is the
-dataset's supervised label go through `input_pipeline.load_arrays` (fast record
-decoder); the others are deserialized by TFDS (NumPy, no TensorFlow) with image
-decoding skipped, their label computed per example, and their images decoded like
-`load_arrays` does (`records.decode_image`, then `image_ops`). Images come as stored
-(smallNORB and dSprites are grayscale) unless `channels` is given, except that
-dSprites' pixels, stored as 0 or 1, are multiplied by 255 as task_adaptation does.
+`load_split` returns uint8 images and int32 labels, read by
+`input_pipeline.load_arrays` with the task's label (its fast record decoder when
+that is the dataset's supervised label, TFDS's deserialization otherwise). Images
+come as stored (smallNORB and dSprites are grayscale) unless `channels` is given,
+except that dSprites' pixels, stored as 0 or 1, are multiplied by 255 as
+task_adaptation does.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import re
 import shlex
@@ -50,73 +49,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tandem.data import captions
-from tandem.data import image_ops
 from tandem.data import input_pipeline
-from tandem.data import png
-from tandem.data import records
+from tandem.data import labels
+from tandem.transfer.report import GROUPS  # natural, specialized, structured
 
 SPLIT_NAMES = ("train800", "val200", "train800val200", "test")
-GROUPS = ("natural", "specialized", "structured")
 
-_CHUNK_SIZE = 256
 _NUM_THREADS = 2
 # Datasets whose pixels are stored as 0/1 (TFDS base name -> factor to 0/255).
 _PIXEL_SCALE = {"dsprites": 255}
-
-
-# Labels of the structured tasks: functions of one decoded example (numpy dict).
-
-def _bin(value: float, thresholds: tuple[float, ...]) -> int:
-  """task_adaptation's `reduce_max(where(thresholds - value < 0))`: the last i with
-  thresholds[i] < value (compared in float32, as TF does); -1 when there is none."""
-  below = np.asarray(thresholds, np.float32) < np.float32(value)
-  return int(np.nonzero(below)[0].max()) if below.any() else -1
-
-
-def clevr_count(example: Mapping[str, Any]) -> int:
-  """Number of objects - 3 (CLEVR scenes hold 3 to 10 objects): 8 classes."""
-  return len(example["objects"]["size"]) - 3
-
-
-CLEVR_DISTANCE_THRESHOLDS = (0.0, 8.0, 8.5, 9.0, 9.5, 10.0, 100.0)
-
-
-def clevr_distance(example: Mapping[str, Any]) -> int:
-  """Depth of the closest object (pixel_coords[:, 2]) in 6 bins."""
-  depth = np.asarray(example["objects"]["pixel_coords"], np.float32).reshape(-1, 3)
-  closest = depth[:, 2].min() if len(depth) else np.inf  # TF's min of nothing
-  return _bin(closest, CLEVR_DISTANCE_THRESHOLDS)
-
-
-KITTI_VEHICLE_TYPES = (0, 1, 2)  # Car, Van, Truck in TFDS's kitti `type` ClassLabel
-KITTI_DISTANCE_THRESHOLDS = (-100.0, 8.0, 20.0, 999.0)
-
-
-def kitti_closest_vehicle_distance(example: Mapping[str, Any]) -> int:
-  """Distance (location z, metres) to the closest vehicle in 4 classes: up to 8 m,
-  8 to 20 m, beyond 20 m, no vehicle (its distance counts as 1000 m)."""
-  objects = example["objects"]
-  object_types = np.asarray(objects["type"]).reshape(-1)
-  depth = np.asarray(objects["location"], np.float32).reshape(-1, 3)[:, 2]
-  vehicle_depth = depth[np.isin(object_types, KITTI_VEHICLE_TYPES)]
-  closest = np.concatenate([vehicle_depth, np.float32([1000.0])]).min()
-  return _bin(closest, KITTI_DISTANCE_THRESHOLDS)
-
-
-def _regroup(value: Any, num_values: int, num_classes: int) -> int:
-  """task_adaptation's `floordiv(value, num_values / num_classes)`, in integers (the
-  float32 quotient never lands within rounding error of an integer it is not)."""
-  return int(value) * num_classes // num_values
-
-
-def dsprites_location(example: Mapping[str, Any]) -> int:
-  """x position (32 values) in 16 classes: x // 2."""
-  return _regroup(example["label_x_position"], 32, 16)
-
-
-def dsprites_orientation(example: Mapping[str, Any]) -> int:
-  """Orientation (40 values) in 16 classes: floor(o / 2.5)."""
-  return _regroup(example["label_orientation"], 40, 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,21 +135,23 @@ _VTAB1K = (
     # train 70000, validation 15000 (the test split), test 15000 (unlabelled);
     # train = train[:63000] (90 %).
     Task("clevr_count", "clevr:3.*.*", "structured", 8,
-         _splits("train[63000:63200]", "validation"), label=clevr_count),
+         _splits("train[63000:63200]", "validation"), label=labels.clevr_count),
     Task("clevr_distance", "clevr:3.*.*", "structured", 6,
-         _splits("train[63000:63200]", "validation"), label=clevr_distance),
+         _splits("train[63000:63200]", "validation"), label=labels.clevr_distance),
     # train 65550, validation 22628, test 22735.
     Task("dmlab", "dmlab:2.0.1", "structured", 6,
          _splits("validation[:200]", "test")),
     # train 6347, validation 423, test 711.
     Task("kitti_distance", "kitti:3.*.*", "structured", 4,
-         _splits("validation[:200]", "test"), label=kitti_closest_vehicle_distance),
+         _splits("validation[:200]", "test"),
+         label=labels.kitti_closest_vehicle_distance),
     # train 737280 only: train[:589824] / [589824:663552] / [663552:] (80/10/10 %).
     Task("dsprites_location", "dsprites:2.*.*", "structured", 16,
-         _splits("train[589824:590024]", "train[663552:]"), label=dsprites_location),
+         _splits("train[589824:590024]", "train[663552:]"),
+         label=labels.dsprites_location),
     Task("dsprites_orientation", "dsprites:2.*.*", "structured", 16,
          _splits("train[589824:590024]", "train[663552:]"),
-         label=dsprites_orientation),
+         label=labels.dsprites_orientation),
     # train 24300, test 24300; val = test[:50%], test = test[50%:] (12150 each).
     Task("smallnorb_azimuth", "smallnorb:2.*.*", "structured", 18,
          _splits("test[:200]", "test[50%:]"), label="label_azimuth"),
@@ -227,13 +170,13 @@ _OFFLINE = (
     Task("cifar10_subset", "cifar10_subset", "natural", 10, _LOCAL_NATURAL,
          class_names=tuple(captions.class_names("cifar10_subset"))),
     Task("dsprites_like_location", "dsprites_like", "structured", 16,
-         _LOCAL_STRUCTURED, label=dsprites_location),
+         _LOCAL_STRUCTURED, label=labels.dsprites_location),
     Task("dsprites_like_orientation", "dsprites_like", "structured", 16,
-         _LOCAL_STRUCTURED, label=dsprites_orientation),
+         _LOCAL_STRUCTURED, label=labels.dsprites_orientation),
     Task("clevr_like_count", "clevr_like", "structured", 8, _LOCAL_STRUCTURED,
-         label=clevr_count),
+         label=labels.clevr_count),
     Task("clevr_like_distance", "clevr_like", "structured", 6, _LOCAL_STRUCTURED,
-         label=clevr_distance),
+         label=labels.clevr_distance),
 )
 
 VTAB1K: dict[str, Task] = {task.name: task for task in _VTAB1K}  # paper order
@@ -264,7 +207,7 @@ def _builder(task: Task, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """The task's prepared TFDS builder, or DatasetNotPreparedError naming the fix."""
   data_dir = input_pipeline.resolve_data_dir(data_dir)
   try:
-    return input_pipeline._prepared_builder(task.dataset, data_dir)  # pylint: disable=protected-access
+    return input_pipeline.prepared_builder(task.dataset, data_dir)
   except input_pipeline.DatasetNotPreparedError as e:
     reason = str(e).split("Prepare it with:")[0].strip()  # our command replaces its
     raise input_pipeline.DatasetNotPreparedError(
@@ -309,76 +252,6 @@ def class_names(task: Task, data_dir: str | None = None) -> tuple[str, ...] | No
   return tuple(_readable(name) for name in feature.names)
 
 
-def _pixel_scale(task: Task) -> int:
-  return _PIXEL_SCALE.get(task.dataset.split(":")[0].split("/")[0], 1)
-
-
-def _uses_fast_decoder(task: Task, info: tfds.core.DatasetInfo) -> bool:
-  """Whether `load_arrays`' decoder reads exactly this task's image and label."""
-  if not isinstance(task.label, str) or _pixel_scale(task) != 1:
-    return False
-  try:
-    decoder = records.ExampleDecoder(info)
-  except ValueError:  # e.g. no "label" feature: not a plain classification dataset
-    return False
-  return (decoder.image_key, decoder.label_key) == (task.image_key, task.label)
-
-
-def _decode_images(encoded: list[bytes], stored_channels: int, pixel_scale: int,
-                   image_size: int | None, channels: int | None) -> np.ndarray:
-  """uint8 [N, H, W, C] from PNG/JPEG bytes, as `records.ExampleDecoder` does, with
-  pixel values multiplied by `pixel_scale` first."""
-  batch = png.decode_pngs(encoded)
-  if batch is None or batch.shape[-1] != stored_channels:
-    images = [records.decode_image(data, stored_channels) for data in encoded]
-    if pixel_scale != 1:
-      images = [_scale(image, pixel_scale) for image in images]
-    if len({image.shape for image in images}) == 1:
-      batch = np.stack(images)
-    elif image_size is None:
-      raise ValueError(f"Images of different sizes ({images[0].shape}, ...) need"
-                       " an `image_size`.")
-    else:
-      return np.stack([image_ops.to_size_and_channels(image, image_size, channels)
-                       for image in images])
-  elif pixel_scale != 1:
-    batch = _scale(batch, pixel_scale)
-  return image_ops.to_size_and_channels(batch, image_size, channels)
-
-
-def _scale(images: np.ndarray, factor: int) -> np.ndarray:
-  return np.minimum(images.astype(np.uint16) * factor, 255).astype(np.uint8)
-
-
-def _load_with_label_fn(task: Task, builder: tfds.core.DatasetBuilder, split: str,
-                        image_size: int | None, channels: int | None
-                        ) -> tuple[np.ndarray, np.ndarray]:
-  """Examples deserialized by TFDS (image left encoded), labelled by `task.label`."""
-  source = builder.as_data_source(
-      split=split, decoders={task.image_key: tfds.decode.SkipDecoding()})
-  stored_channels = builder.info.features[task.image_key].shape[-1]
-  pixel_scale = _pixel_scale(task)
-  label = task.label if callable(task.label) else (lambda ex: ex[task.label])
-
-  def read(start: int) -> tuple[np.ndarray, np.ndarray]:
-    stop = min(start + _CHUNK_SIZE, len(source))
-    examples = source.__getitems__(list(range(start, stop)))
-    labels = np.array([label(ex) for ex in examples], np.int64)
-    images = _decode_images([ex[task.image_key] for ex in examples],
-                            stored_channels, pixel_scale, image_size, channels)
-    return images, labels
-
-  with concurrent.futures.ThreadPoolExecutor(_NUM_THREADS) as pool:
-    chunks = list(pool.map(read, range(0, len(source), _CHUNK_SIZE)))
-  if not chunks:
-    raise ValueError(f"{task.dataset} {split} is empty.")
-  if len({images.shape[1:] for images, _ in chunks}) > 1:
-    raise ValueError(f"{task.dataset} {split} has images of different sizes; pass"
-                     " `image_size`.")
-  return (np.concatenate([images for images, _ in chunks]),
-          np.concatenate([labels for _, labels in chunks]))
-
-
 def load_split(task: Task, split: str, *, data_dir: str | None = None,
                image_size: int | None = None, channels: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -392,23 +265,21 @@ def load_split(task: Task, split: str, *, data_dir: str | None = None,
   prepared data or a label falls outside [0, num_classes).
   """
   tfds_split = task.splits.get(split, split)
-  builder = _builder(task, data_dir)
+  _builder(task, data_dir)  # not prepared: the error names the task's command
   try:
-    if _uses_fast_decoder(task, builder.info):
-      images, labels = input_pipeline.load_arrays(
-          task.dataset, tfds_split, data_dir=input_pipeline.resolve_data_dir(data_dir),
-          image_size=image_size, channels=channels, num_threads=_NUM_THREADS)
-    else:
-      images, labels = _load_with_label_fn(task, builder, tfds_split, image_size,
-                                           channels)
+    images, label_ids = input_pipeline.load_arrays(
+        task.dataset, tfds_split, data_dir=data_dir, image_size=image_size,
+        channels=channels, label=task.label, image_key=task.image_key,
+        pixel_scale=_PIXEL_SCALE.get(task.dataset.split(":")[0].split("/")[0], 1),
+        num_threads=_NUM_THREADS)
   except ValueError as e:
     raise ValueError(f"Task {task.name}, split {split!r} ({task.dataset}"
                      f" {tfds_split}): {e}") from e
-  outside = (labels < 0) | (labels >= task.num_classes)
+  outside = (label_ids < 0) | (label_ids >= task.num_classes)
   if outside.any():
     raise ValueError(
         f"Task {task.name}, split {split!r} ({task.dataset} {tfds_split}):"
-        f" {int(outside.sum())} of {len(labels)} labels lie outside [0,"
-        f" {task.num_classes}), e.g. {np.unique(labels[outside])[:5].tolist()}."
+        f" {int(outside.sum())} of {len(label_ids)} labels lie outside [0,"
+        f" {task.num_classes}), e.g. {np.unique(label_ids[outside])[:5].tolist()}."
         " The data does not match the task definition.")
-  return images, labels.astype(np.int32)
+  return images, label_ids

@@ -30,32 +30,44 @@ def zeroshot_top1(image_emb: np.ndarray, class_emb: np.ndarray,
   return float(np.mean(predictions == np.asarray(labels)))
 
 
-class Evaluator:
-  """Zero-shot top-1 on `config.evals.zeroshot` (dataset, split, templates).
+PROTOCOL = "class-name prompts, embeddings averaged over templates"
 
-  `templates` empty: the CLIP-style templates of `tandem.data.captions`.
-  """
 
-  def __init__(self, config, *, data_dir: str, mesh=None):
-    del mesh  # Small enough for one device.
-    from tandem.data import input_pipeline
-    from tandem.transfer import features
-    self.block = config.evals.zeroshot
-    self.embedder = features.ImageTextEmbedder(config, self.block.batch_size)
-    images, labels = input_pipeline.load_arrays(
-        self.block.dataset, self.block.split, data_dir=data_dir,
-        image_size=config.input.image_size, channels=config.input.channels)
-    if self.block.max_examples and len(images) > self.block.max_examples:
-      keep = np.sort(np.random.default_rng(config.seed).choice(
-          len(images), self.block.max_examples, replace=False))
-      images, labels = images[keep], labels[keep]
-    self.images, self.labels = images, labels
-    self.class_names = captions_lib.class_names(self.block.dataset)
-    self.templates = tuple(self.block.templates) or captions_lib.TEMPLATES
+def load_data(settings, config, data_dir: str, *, extract=None, cache=None,
+              mesh=None):
+  """Inside pretraining: `settings.dataset`'s `split` (capped at `max_examples`,
+  seeded) as a test-only task with the dataset's class names."""
+  del mesh  # Embedded on one device.
+  from tandem.transfer import periodic  # pylint: disable=g-import-not-at-top
+  from tandem.transfer import protocol  # pylint: disable=g-import-not-at-top
+  images, labels = periodic.load_split(
+      settings.dataset, settings.split, data_dir,
+      config.input.image_size, config.input.channels,
+      settings.get("max_examples", 0), config.seed)
+  names = captions_lib.class_names(settings.dataset)
+  return protocol.TaskData(
+      settings.dataset, len(names), {"test": protocol.Split("test", images, labels)},
+      extract=extract, class_names=names, cache=cache,
+      keys={"test": (settings.dataset, settings.split,
+                     settings.get("max_examples", 0))})
 
-  def run(self, variables) -> dict[str, float]:
-    class_emb = class_embeddings(lambda t: self.embedder.texts(variables, t),
-                                 self.class_names, self.templates)
-    image_emb = self.embedder.images(variables, self.images)
-    return {f"zeroshot/{self.block.dataset}/{self.block.split}/top1":
-            zeroshot_top1(image_emb, class_emb, self.labels)}
+
+def evaluate_task(data, settings, model) -> list[dict]:
+  """Zero-shot top-1 on the task's test split (`settings.templates`; empty: the
+  CLIP-style templates of `tandem.data.captions`)."""
+  from tandem.transfer import features  # pylint: disable=g-import-not-at-top
+  if model.embedder is None:
+    return [{"evaluator": "zeroshot", "skipped": (
+        f"{model.config.objective} checkpoints have no text tower; zeroshot needs "
+        "a CLIP/SigLIP checkpoint.")}]
+  if not data.class_names:
+    return [{"evaluator": "zeroshot", "skipped": f"{data.name} has no class names "
+             "to prompt with."}]
+  templates = tuple(settings.get("templates", ())) or captions_lib.TEMPLATES
+  class_emb = class_embeddings(lambda t: model.embedder.texts(model.variables, t),
+                               data.class_names, templates)
+  image_emb = data.features("test", features.IMAGE_TEXT_LAYER)
+  return [{"evaluator": "zeroshot", "metric": "test_top1",
+           "layer": features.IMAGE_TEXT_LAYER,
+           "value": zeroshot_top1(image_emb, class_emb, data.test.labels),
+           "templates": len(templates), "protocol": PROTOCOL}]

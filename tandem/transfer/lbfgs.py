@@ -1,12 +1,12 @@
-"""Linear probe: multinomial logistic regression on frozen features, on device.
+"""Multinomial logistic regression on device: the linear probe's solver.
 
-Protocol (docs/PROTOCOLS.md): features are standardised with the training split's
-mean/std; the L2 strength is chosen on a validation split carved from train (a
-seeded random `num_val` examples, never the test split); the model is then refit on
-train+val with that L2 and scored on test (top-1). The objective is
-mean cross-entropy + l2 · ‖W‖² (bias not penalised), minimised full-batch inside
-one jitted computation; the sweep warm-starts each L2 from the previous solution
-(largest L2 first).
+Public API: `fit_logistic_regression(x, y, num_classes, l2, ...)` for one fit;
+`device_data(x, y, num_classes)` + `solve(data, ...)` for a sweep of fits that share
+the data on device; `accuracy(params, x, y)`. The objective is
+mean cross-entropy + l2 · ‖W‖² (bias not penalised; weighted mean with per-example
+weights, weight 0 drops an example), minimised full-batch inside one jitted
+computation. The protocol around it (standardisation, the L2 sweep) is
+`tandem/transfer/probe.py`.
 
 Solver: L-BFGS preconditioned with the class blocks of the Hessian, one objective
 evaluation per iteration, all in `lax.while_loop`s.
@@ -47,9 +47,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from tandem.transfer import periodic
-from tandem.transfer import protocol
 
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_MAX_ITER = 300
@@ -319,7 +316,7 @@ def _transpose(x):
   return x.T
 
 
-def _device_data(x, y, num_classes: int):
+def device_data(x, y, num_classes: int):
   """(Xᵀ [D, N], X [N, D] or None, one-hot labels [K, N]) on the default device.
   XLA:CPU gets both layouts of X (see the module docstring); GPUs/TPUs one."""
   if isinstance(x, jax.Array):
@@ -350,9 +347,10 @@ def _blocks_kind(n: int, d: int, k: int, rows: int) -> str:
   return "shared" if build <= 32 * one_pass else "none"
 
 
-def _solve(data, num_classes: int, l2: float, init, max_iter: int, weights, tol: float,
-           seed: int = 0):
-  """`fit_logistic_regression` on `_device_data` (shared by a sweep's fits)."""
+def solve(data, num_classes: int, l2: float, init, max_iter: int, weights, tol: float,
+          seed: int = 0):
+  """`fit_logistic_regression` on `device_data` (shared by a sweep's fits):
+  ((w [D, K], b [K]), iterations)."""
   xt, xn, y1 = data
   d, n = xt.shape
   w = jnp.ones((n,), jnp.float32) if weights is None else jnp.asarray(weights,
@@ -383,7 +381,7 @@ def _solve(data, num_classes: int, l2: float, init, max_iter: int, weights, tol:
   return (theta[:, :-1].T, theta[:, -1]), int(iters)
 
 
-def _accuracy(params, x, y) -> float:
+def accuracy(params, x, y) -> float:
   """In NumPy: eager jnp ops would compile anew for every shape of x."""
   w, b = (np.asarray(p, np.float32) for p in params)
   return float(np.mean(np.argmax(np.asarray(x, np.float32) @ w + b, axis=-1) ==
@@ -400,68 +398,5 @@ def fit_logistic_regression(x, y, num_classes: int, l2: float, init=None,
   warm-up phase then). Stops when max |∇| <= `tol` or after `max_iter` full-data
   iterations (the count returned). The solution is centred over classes.
   """
-  return _solve(_device_data(x, y, num_classes), num_classes, l2, init, max_iter,
-                weights, tol)
-
-
-def linear_probe(train_x, train_y, test_x, test_y, *, num_val: int = 10000,
-                 l2_grid=DEFAULT_L2_GRID, seed: int = 0,
-                 max_iter: int = DEFAULT_MAX_ITER) -> dict:
-  """Linear-probe top-1 on test, with L2 chosen on a split carved from train."""
-  train_x = protocol.check_finite(np.asarray(train_x, np.float32),
-                                  "linear_probe: train features")
-  test_x = protocol.check_finite(np.asarray(test_x, np.float32),
-                                 "linear_probe: test features")
-  train_y, test_y = np.asarray(train_y), np.asarray(test_y)
-  num_classes = int(max(train_y.max(), test_y.max())) + 1
-  if not 0 < num_val < len(train_x):
-    raise ValueError(f"num_val={num_val} must be in (0, {len(train_x)}).")
-  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-  train_x = (train_x - mean) / std
-  test_x = (test_x - mean) / std
-
-  val_idx = np.random.default_rng(seed).permutation(len(train_x))[:num_val]
-  fit_weights = np.ones(len(train_x), np.float32)
-  fit_weights[val_idx] = 0.0  # The sweep never fits on the validation examples.
-  data = _device_data(train_x, train_y, num_classes)  # Shared by all the fits.
-  val_scores, solutions, params = {}, {}, None
-  for l2 in sorted(l2_grid, reverse=True):
-    params, _ = _solve(data, num_classes, l2, params, max_iter, fit_weights,
-                       DEFAULT_TOL, seed)
-    val_scores[float(l2)] = _accuracy(params, train_x[val_idx], train_y[val_idx])
-    solutions[float(l2)] = params
-  best_l2 = max(val_scores, key=lambda l2: (val_scores[l2], l2))
-  params, iters = _solve(data, num_classes, best_l2, solutions[best_l2], max_iter,
-                         None, DEFAULT_TOL, seed)
-  return {"test_top1": _accuracy(params, test_x, test_y),
-          "train_top1": _accuracy(params, train_x, train_y),
-          "val_top1": val_scores[best_l2], "l2": best_l2, "iterations": iters,
-          "protocol": (f"L2 from {sorted(l2_grid)} chosen on {num_val} examples "
-                       "carved from train; refit on train+val; test top-1")}
-
-
-class Evaluator(periodic.FrozenFeatureEvaluator):
-  """Linear probe of the pretraining backbone, run periodically during training.
-
-  Built from `config.evals.linear_probe`; `run(variables)` takes the whole
-  model's variables and returns `{name: value}` metrics. Images are loaded once,
-  and features are shared with the other frozen-feature evals (`periodic.py`).
-  """
-  name = "linear_probe"
-
-  def _probe(self, train_x, test_x) -> dict:
-    return linear_probe(train_x, self.train_labels, test_x, self.test_labels,
-                        num_val=self.block.num_val, seed=self.config.seed)
-
-  def evaluate(self, train_x, train_y, test_x, test_y) -> dict[str, float]:
-    del train_y, test_y  # The same as self.train_labels / self.test_labels.
-    result = self._probe(train_x, test_x)
-    prefix = f"linear_probe/{self.layer}/"
-    return {prefix + "test_top1": result["test_top1"],
-            prefix + "val_top1": result["val_top1"], prefix + "l2": result["l2"]}
-
-  def run_raw_pixels(self) -> dict[str, float]:
-    """The same probe on raw pixels scaled to [0, 1]: the baseline to beat."""
-    flat = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255.0
-    result = self._probe(flat(self.train_images), flat(self.test_images))
-    return {"linear_probe/raw_pixels/test_top1": result["test_top1"]}
+  return solve(device_data(x, y, num_classes), num_classes, l2, init, max_iter,
+               weights, tol)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tandem.transfer import periodic
+from tandem import parallel
 from tandem.transfer import protocol
 
 DEFAULT_KS = (20, 200)
@@ -61,16 +61,10 @@ def knn_predict(train_x, train_y, test_x, *, ks: Sequence[int] = DEFAULT_KS,
   num_classes = num_classes or int(train_y.max()) + 1
   train = _normalise(jnp.asarray(train_x, jnp.float32))
   onehot = jax.nn.one_hot(jnp.asarray(train_y), num_classes, dtype=jnp.float32)
-  test_x = np.asarray(test_x, np.float32)
-  preds = []
-  for start in range(0, len(test_x), chunk_size):
-    chunk = test_x[start:start + chunk_size]
-    pad = chunk_size - len(chunk) if len(test_x) > chunk_size else 0
-    chunk = np.concatenate([chunk, np.zeros((pad, chunk.shape[1]), np.float32)])
-    out = _predict_chunk(train, onehot, _normalise(jnp.asarray(chunk)),
-                         jnp.float32(temperature), ks)
-    preds.append(np.asarray(out)[:, :len(chunk) - pad])
-  preds = np.concatenate(preds, axis=1)
+  preds = parallel.batched_map(  # [N_test, len(ks)]
+      lambda chunk: _predict_chunk(train, onehot, _normalise(jnp.asarray(chunk)),
+                                   jnp.float32(temperature), ks).T,
+      np.asarray(test_x, np.float32), chunk_size).T
   return {k: preds[i] for i, k in enumerate(ks)}
 
 
@@ -91,7 +85,7 @@ def result_name(k: int, temperature: float = DEFAULT_TEMPERATURE) -> str:
   return f"knn_k{k}_T{temperature:g}"
 
 
-def evaluate_task(data, block) -> list[dict]:
+def evaluate_task(data, block, model=None) -> list[dict]:
   """Suite protocol: neighbours from the task's train+val, scored on test."""
   layer = block.get("layer", "pre_logits")
   ks = tuple(block.get("ks", DEFAULT_KS))
@@ -110,16 +104,3 @@ def evaluate_task(data, block) -> list[dict]:
                  "layer": layer, "protocol": "cosine k-NN, exp(s/T)-weighted votes,"
                  " neighbours from train+val"} for k in usable]
   return records
-
-
-class Evaluator(periodic.FrozenFeatureEvaluator):
-  """k-NN top-1 inside pretraining: `config.evals.knn` (dataset, train_split,
-  test_split, max_train, max_test, layer, ks, temperature)."""
-  name = "knn"
-
-  def evaluate(self, train_x, train_y, test_x, test_y) -> dict[str, float]:
-    temperature = float(self.block.get("temperature", DEFAULT_TEMPERATURE))
-    scores = knn(train_x, train_y, test_x, test_y, temperature=temperature,
-                 ks=tuple(self.block.get("ks", DEFAULT_KS)))
-    return {f"knn/{self.layer}/{result_name(k, temperature)}_top1": v
-            for k, v in scores.items()}

@@ -37,7 +37,6 @@ from typing import Sequence
 
 import numpy as np
 
-from tandem.transfer import periodic
 from tandem.transfer import protocol
 
 DEFAULT_SHOTS = (1, 5, 10, 25)
@@ -158,7 +157,7 @@ PROTOCOL = ("closed-form ridge (big_vision fewshot_lsr): whitened with the few-s
             "2^-6..2^20 chosen on held-out train examples; mean ± std over seeds")
 
 
-def evaluate_task(data, block) -> list[dict]:
+def evaluate_task(data, block, model=None) -> list[dict]:
   """Suite protocol: shots drawn from the task's train+val (1000 in VTAB-1k), λ
   chosen on the rest of train+val, test scored once per seed."""
   layer = block.get("layer", "pre_logits")
@@ -184,26 +183,3 @@ def evaluate_task(data, block) -> list[dict]:
           "l2": fit["l2"], "heldout_top1": fit["heldout_top1"], "shots": s,
           "protocol": PROTOCOL})
   return records
-
-
-class Evaluator(periodic.FrozenFeatureEvaluator):
-  """Few-shot top-1 inside pretraining: `config.evals.fewshot` (dataset, train_split,
-  test_split, max_train, max_test, layer, shots, seeds).
-
-  Reports, like the suite runner, every seed and the mean ± std over seeds:
-  `fewshot/{layer}/{s}shot_top1_seed{seed}`, `..._top1_mean`, `..._top1_std`.
-  """
-  name = "fewshot"
-
-  def evaluate(self, train_x, train_y, test_x, test_y) -> dict[str, float]:
-    shots = tuple(self.block.get("shots", DEFAULT_SHOTS))
-    seeds = tuple(self.block.get("seeds", DEFAULT_SEEDS))
-    results = fewshot(train_x, train_y, test_x, test_y, shots=shots, seeds=seeds)
-    metrics = {}
-    for s in shots:
-      prefix = f"fewshot/{self.layer}/{s}shot_top1"
-      metrics.update({f"{prefix}_seed{seed}": top1
-                      for seed, top1 in zip(seeds, results[s]["top1"])})
-      metrics[f"{prefix}_mean"] = results[s]["mean"]
-      metrics[f"{prefix}_std"] = results[s]["std"]
-    return metrics

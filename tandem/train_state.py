@@ -1,0 +1,109 @@
+"""The train state of every training loop (pretraining, fine-tuning, benchmarks).
+
+Params live apart from the rest of the state, so that checkpoints, shardings and
+evaluators can treat them on their own. The state is a dict of arrays:
+
+  opt_state       the optax state of `tx`
+  model_state     mutable model collections (batch statistics), possibly {}
+  step            int32, the number of updates done
+  rng             uint32 key data; step `s` draws from `fold_in(rng, s)`, so a resumed
+                  run draws what the uninterrupted one would have
+  nonfinite_step  int32, the first step whose loss was NaN/Inf, or -1
+
+`make_step` builds the update that every loop jits; `check_finite` turns a
+non-finite loss into an error that names the first bad step.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from tandem import parallel
+
+# loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state)).
+LossFn = Callable[..., tuple[jax.Array, tuple[dict, Any]]]
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or Inf."""
+
+
+def create(params, tx: optax.GradientTransformation, model_state, seed: int) -> dict:
+  """The state of a run that starts at step 0 with `params` (traceable)."""
+  return dict(opt_state=tx.init(params), model_state=model_state,
+              step=jnp.zeros((), jnp.int32),
+              rng=jax.random.key_data(jax.random.key(seed)),
+              nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def make_step(loss_fn: LossFn, tx, *, lr_schedule: optax.Schedule | None = None,
+              trainable: Callable[[Any], Any] | None = None):
+  """`step(params, state, batch) -> (params, state, metrics)`: one update.
+
+  `tx`: an optax transformation, or a function of the batch returning one (for a
+  rate that changes without recompiling, e.g. a learning-rate sweep that passes the
+  rate in the batch). `trainable(params)`: a bool tree; frozen leaves get no
+  gradient (so no backward pass is spent on them) and pass through the update
+  bit-identical. Metrics: the loss function's, `grad_norm` and, given
+  `lr_schedule`, `lr`.
+  """
+
+  def step(params, state, batch):
+    count = state["step"]
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), count)
+    mask = trainable(params) if trainable is not None else None
+
+    def loss(params):
+      if mask is not None:
+        params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p),
+                              params, mask)
+      return loss_fn(params, state["model_state"], batch, rng)
+
+    (value, (metrics, model_state)), grads = jax.value_and_grad(
+        loss, has_aux=True)(params)
+    transform = tx if hasattr(tx, "update") else tx(batch)
+    updates, opt_state = transform.update(grads, state["opt_state"], params)
+    if mask is None:
+      params = optax.apply_updates(params, updates)
+    else:
+      params = jax.tree.map(lambda p, u, t: p + u if t else p, params, updates, mask)
+    metrics = {"loss": value, **metrics, "grad_norm": optax.tree.norm(grads)}
+    if lr_schedule is not None:
+      metrics["lr"] = lr_schedule(count)
+    nonfinite = jnp.where((state["nonfinite_step"] < 0) & ~jnp.isfinite(value),
+                          count, state["nonfinite_step"])
+    state = dict(opt_state=opt_state, model_state=model_state, step=count + 1,
+                 rng=state["rng"], nonfinite_step=nonfinite)
+    return params, state, metrics
+
+  return step
+
+
+def jit_step(step, mesh, params_sharding, state_sharding, batch_sharding=None):
+  """`step` jitted with explicit shardings; params and state are donated.
+
+  `batch_sharding` defaults to splitting every batch array over the mesh's batch
+  axes. Metrics come back replicated.
+  """
+  if batch_sharding is None:
+    batch_sharding = parallel.batch_sharding(mesh)
+  return jax.jit(step, in_shardings=(params_sharding, state_sharding, batch_sharding),
+                 out_shardings=(params_sharding, state_sharding,
+                                parallel.replicated(mesh)),
+                 donate_argnums=(0, 1))
+
+
+def first_nonfinite_step(state) -> int | None:
+  """The first step whose loss was NaN/Inf, or None (a host sync)."""
+  step = int(state["nonfinite_step"])
+  return step if step >= 0 else None
+
+
+def check_finite(state, what: str) -> None:
+  """Raises `NonFiniteLossError` naming the first bad step; `what` says what to do."""
+  step = first_nonfinite_step(state)
+  if step is not None:
+    raise NonFiniteLossError(f"The loss became non-finite at step {step}. {what}")
