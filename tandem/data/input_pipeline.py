@@ -42,7 +42,7 @@ made from the label (`captions.py`). Which caption or prompt is drawn comes from
 (seed, global batch number, position in the global batch) alone, so resuming from
 `get_state()` reproduces the same batches, with any number of processes. Datasets
 without a label feature (coco_captions) have no "label" key in their batches. The
-iterator (`ImageTextIterator`) refuses a batch whose captions are all empty (a wrong
+iterator (`TrainIterator`) refuses a batch whose captions are all empty (a wrong
 text feature, not data) and counts the captions cut to `max_len`.
 `load_image_text` reads a whole split with all its captions, for retrieval and
 zero-shot evaluation.
@@ -238,19 +238,20 @@ def _sum_over_processes(count: int) -> int:
   return int(np.sum(multihost_utils.process_allgather(np.int64(count))))
 
 
-class ImageTextIterator:
-  """`make_train_iterator`'s iterator of image-text batches, over the batch reader's.
+class TrainIterator:
+  """`make_train_iterator`'s iterator, over the batch reader's grain iterator.
 
-  Raises EmptyCaptionsError on a batch whose captions are all empty, naming its
-  global batch number (the train step), and counts the captions cut to `max_len`.
-  `get_state()` is the reader's state plus "captions_truncated", the count over all
-  processes, and `metrics()` reports the same count: both are collectives that every
-  process must call (the train loop does, at each save and log step). `set_state`
-  gives a restored count to process 0 alone, so that resuming with another number
-  of processes counts every caption once.
+  `get_state()` is {"next_index": global batch number}; `metrics()` the data's own
+  training metrics. With captions it raises EmptyCaptionsError on a batch whose
+  captions are all empty, naming its global batch number (the train step), and
+  counts the captions cut to `max_len`: `get_state()` then also holds
+  "captions_truncated", the count over all processes, and `metrics()` reports it;
+  both are then collectives that every process must call (the train loop does, at
+  each save and log step). `set_state` gives a restored count to process 0 alone, so
+  that resuming with another number of processes counts every caption once.
   """
 
-  def __init__(self, batches: grain.DatasetIterator, captions: _Captions,
+  def __init__(self, batches: grain.DatasetIterator, captions: _Captions | None,
                process_index: int):
     self._batches = batches
     self._captions = captions
@@ -263,15 +264,18 @@ class ImageTextIterator:
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = next(self._batches)
-    truncated = batch.pop("text_truncated")
-    self._captions.check_not_empty(batch["text"], self._next_batch)
-    self._truncated += int(np.sum(truncated))
+    if self._captions is not None:
+      truncated = batch.pop("text_truncated")
+      self._captions.check_not_empty(batch["text"], self._next_batch)
+      self._truncated += int(np.sum(truncated))
     self._next_batch += 1
     return batch
 
   def get_state(self) -> dict[str, Any]:
-    return {**self._batches.get_state(),
-            "captions_truncated": _sum_over_processes(self._truncated)}
+    state = dict(self._batches.get_state())
+    if self._captions is not None:
+      state["captions_truncated"] = _sum_over_processes(self._truncated)
+    return state
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     state = dict(state)
@@ -281,7 +285,10 @@ class ImageTextIterator:
     self._next_batch = int(state["next_index"])
 
   def metrics(self) -> dict[str, int]:
-    """{"data/captions_truncated": captions cut so far, over all processes}."""
+    """{"data/captions_truncated": captions cut so far, over all processes} with
+    captions, else {}."""
+    if self._captions is None:
+      return {}
     return {"data/captions_truncated": _sum_over_processes(self._truncated)}
 
 
@@ -328,7 +335,7 @@ def make_train_iterator(
     num_threads: int = 2,
     prefetch_batches: int = 4,
     text: dict | None = None,
-) -> grain.DatasetIterator | ImageTextIterator:
+) -> TrainIterator:
   """Iterator of this process's slices of the global batches, with
   `get_state()`/`set_state(state)`.
 
@@ -353,8 +360,8 @@ def make_train_iterator(
   spec (default "bytes"); `max_len` the token length. Batches then also hold "text"
   int32 [B, max_len]; "label" only if the dataset has a label feature. Which caption
   or prompt an example gets depends on (seed, global batch number, its position in
-  the global batch), not on the processes. The iterator is then an
-  `ImageTextIterator` (its `get_state()` and `metrics()` are collectives).
+  the global batch), not on the processes. The iterator's `get_state()` and
+  `metrics()` are then collectives (`TrainIterator`).
   """
   if process_index is None:
     process_index = jax.process_index()
@@ -391,8 +398,7 @@ def make_train_iterator(
   read_options = grain.ReadOptions(num_threads=num_threads,
                                    prefetch_buffer_size=prefetch_batches)
   batches = iter(ds.to_iter_dataset(read_options))
-  return batches if captions is None else ImageTextIterator(batches, captions,
-                                                            process_index)
+  return TrainIterator(batches, captions, process_index)
 
 
 def load_arrays(

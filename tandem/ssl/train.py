@@ -254,8 +254,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step += 1
         if step % config.log_every == 0 or step == config.total_steps:
           last_metrics = jax.device_get(metrics)
-          if "text" in config.input:
-            last_metrics.update(train_iter.metrics())  # A collective.
+          last_metrics.update(train_iter.metrics())  # May be a collective.
           if int(state["nonfinite_step"]) >= 0:
             save(step, params, state)  # Raises NonFiniteLossError.
           last_metrics["images_per_sec"] = progress.update(
