@@ -29,7 +29,9 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after the compiled one."
 
 def main(argv):
   del argv
-  config = flags.FLAGS.config
+  config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+  if config is None:
+    sys.exit("Usage: python bench/train_step.py --config FILE[:ARG] [--steps N]")
   objective = objectives.get_objective(config.objective)
   mesh = parallel.make_mesh(config.mesh)
   model = objective.make_model(config)

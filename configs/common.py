@@ -221,12 +221,8 @@ def image_text_evals(dataset: str, data: dict, *, every: int) -> dict:
   training; retrieval runs on `validation`."""
   evals = {}
   if data["probe"]:
-    evals["linear_probe"] = dict(
-        every=every, baselines=False, dataset=dataset,
-        train_split=data["probe"]["train_split"],
-        test_split=data["probe"]["test_split"],
-        num_val=min(10000, data["num_train"] // 6), max_train=0, max_test=0,
-        layer="pre_logits", batch_size=1024)
+    evals["linear_probe"] = probe_evals(dataset, dict(data, **data["probe"]),
+                                        every=every)["linear_probe"]
   if data["zeroshot"]:
     evals["zeroshot"] = dict(every=every, dataset=dataset, **data["zeroshot"],
                              max_examples=0, batch_size=1024)

@@ -7,7 +7,7 @@ Arg (comma-separated): `suite=offline` (default; runs here with no downloads),
 `suite=vtab1k` (the 19 VTAB-1k tasks, whichever are prepared), or task names
 (`fashion_mnist,clevr_like_count`: any of `tandem/transfer/vtab.py`'s tables; the
 runner checks them); `evaluators=linear_probe+fewshot+knn` (default; `+`-separated,
-from `tandem.transfer.run.EVALUATORS` and retrieval, checked by the runner);
+from `tandem.transfer.protocol.EVALUATORS` and retrieval, checked by the runner);
 `runlocal` (a seconds-long smoke run: test splits capped at 200, few-shot 1 and 5
 shots, 3 fine-tuning steps). Every field below can be overridden with
 `--config.field=value`.

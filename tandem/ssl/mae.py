@@ -25,9 +25,10 @@ Choices, after the reference code (facebookresearch/mae) where the paper is sile
   reference) and horizontal flip, via `augment.augment_view` with the colour ops off;
   the crop is resized bilinearly (the reference: bicubic).
 
-`Evaluator` (config.evals.reconstruction) returns a grid of fixed test images
-(rows: original | masked | reconstruction with the visible patches pasted back) and
-their masked-patch loss.
+The evaluator `config.evals.reconstruction` (module `tandem.ssl.mae`: `load_data`,
+`evaluate_task`, `images`; tandem/transfer/protocol.py) reports the masked-patch
+loss of fixed test images and draws them (rows: original | masked | reconstruction
+with the visible patches pasted back).
 """
 from __future__ import annotations
 
@@ -207,12 +208,16 @@ class Reconstructions:
     self.reconstruct = jax.jit(
         _make_reconstruct(config, make_model(config), _check_config(config)),
         out_shardings=None if mesh is None else parallel.replicated(mesh))
+    self._last = (None, None)  # (params, outputs): one pass for loss and grid.
 
   def run(self, variables):
-    images = self.images
-    if self.mesh is not None:  # Every process holds all the images.
-      images = parallel.host_to_global(images, parallel.replicated(self.mesh))
-    return jax.device_get(self.reconstruct(variables, images))
+    if self._last[0] is not variables["params"]:
+      images = self.images
+      if self.mesh is not None:  # Every process holds all the images.
+        images = parallel.host_to_global(images, parallel.replicated(self.mesh))
+      self._last = (variables["params"],
+                    jax.device_get(self.reconstruct(variables, images)))
+    return self._last[1]
 
 
 def load_data(settings, config, data_dir: str, *, extract=None, cache=None,

@@ -225,13 +225,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log_evals(step, metrics, images, time.time() - t0)
     return metrics
 
-  if first_step == 0 or os.path.exists(os.path.join(workdir, periodic.BASELINES_FILE)):
-    t0 = time.time()
-    baselines = evals.baselines({"params": params, **state["model_state"]}, workdir)
-    if baselines and first_step == 0:
-      log_evals(0, {k: v for m in baselines.values() for k, v in m.items()
-                    if k.startswith("linear_probe/")}, {}, time.time() - t0)
-    results.update(baselines)
+  t0 = time.time()
+  baselines, computed = evals.baselines({"params": params, **state["model_state"]},
+                                        workdir, compute=first_step == 0)
+  if computed:
+    log_evals(0, {k: v for m in baselines.values() for k, v in m.items()}, {},
+              time.time() - t0)
+  results.update(baselines)
 
   def save(step, params, state):
     nonfinite = int(state["nonfinite_step"])

@@ -539,11 +539,11 @@ def load_data(settings, config, data_dir: str, *, mesh=None,
   """Inside pretraining: the block's task, val a fifth of train unless `num_val`."""
   del mesh  # The model's.
   from tandem.transfer import periodic  # pylint: disable=g-import-not-at-top
-  task = periodic.load_task(settings, config, data_dir, **kwargs)
-  if not len(task.val_index):
-    task = periodic.load_task(settings, config, data_dir,
-                              num_val=max(1, len(task.trainval.labels) // 5), **kwargs)
-  return task
+  train = periodic.load_split(settings.dataset, settings.train_split, data_dir,
+                              config.input.image_size, config.input.channels,
+                              settings.get("max_train", 0), config.seed)[1]
+  return periodic.load_task(settings, config, data_dir,
+                            num_val=max(1, len(train) // 5), **kwargs)
 
 
 def evaluate_task(task_data: protocol.TaskData, settings, model) -> list[dict]:

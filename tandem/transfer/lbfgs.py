@@ -48,7 +48,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_MAX_ITER = 300
 DEFAULT_TOL = 2e-5  # On max |∇ objective|; scikit-learn's lbfgs default is 1e-4.
 

@@ -46,7 +46,8 @@ def load_split(dataset: str, split: str, data_dir: str, image_size: int,
 
 def load_task(settings, config, data_dir: str, *, num_val: int = 0,
               **kwargs) -> protocol.TaskData:
-  """The classification task of an evaluator block (see the module docstring)."""
+  """The classification task of an evaluator block (see the module docstring);
+  `num_val`: the val size when the block sets none (or 0)."""
   load = lambda part: load_split(
       settings.dataset, settings[f"{part}_split"], data_dir, config.input.image_size,
       config.input.channels, settings.get(f"max_{part}", 0), config.seed)
@@ -56,7 +57,7 @@ def load_task(settings, config, data_dir: str, *, num_val: int = 0,
   return protocol.TaskData.carved(
       settings.dataset, int(max(train_y.max(), test_y.max())) + 1,
       protocol.Split("train", train_x, train_y), protocol.Split("test", test_x, test_y),
-      num_val=settings.get("num_val", num_val), seed=config.seed,
+      num_val=settings.get("num_val", 0) or num_val, seed=config.seed,
       keys={"trainval": key("train"), "test": key("test")}, **kwargs)
 
 
@@ -105,18 +106,22 @@ class PeriodicEvals:
         images.update(module.images(data, settings, self.model))
     return metrics, images
 
-  def baselines(self, variables, workdir: str) -> dict[str, dict]:
+  def baselines(self, variables, workdir: str, *, compute: bool
+                ) -> tuple[dict[str, dict], bool]:
     """The linear probe of the random-init encoder (`variables`) and of raw pixels,
-    when `linear_probe.baselines` is set: {"baseline/random_init": metrics,
-    "baseline/raw_pixels": metrics}. Kept in WORKDIR/baselines.json, so a resumed
-    run reports the numbers of its start."""
+    when `linear_probe.baselines` is set: ({"baseline/random_init": metrics,
+    "baseline/raw_pixels": metrics}, whether computed now). Kept in
+    WORKDIR/baselines.json, so a resumed run reports the numbers of its start;
+    computed only with `compute` (a run at step 0)."""
     block = self.blocks.get("linear_probe")
     if block is None or not block.get("baselines", False):
-      return {}
+      return {}, False
     path = os.path.join(workdir, BASELINES_FILE)
     if os.path.exists(path):
       with open(path) as f:
-        return json.load(f)
+        return json.load(f), False
+    if not compute:
+      return {}, False
     probe, data = self.modules["linear_probe"], self.data["linear_probe"]
     results = {"baseline/random_init": self.run(["linear_probe"], "init",
                                                 variables)[0],
@@ -126,4 +131,4 @@ class PeriodicEvals:
     if jax.process_index() == 0:
       with open(path, "w") as f:
         json.dump(results, f, indent=2)
-    return results
+    return results, True

@@ -101,6 +101,16 @@ class Model:
     return self._embedder
 
 
+def needs_text_tower(model: Model, evaluator: str) -> dict | None:
+  """The skip record of an image-text evaluator on a checkpoint without a text
+  tower, else None."""
+  if model.embedder is not None:
+    return None
+  return {"evaluator": evaluator, "skipped": (
+      f"{model.config.objective} checkpoints have no text tower; {evaluator} needs "
+      "a CLIP/SigLIP checkpoint.")}
+
+
 class FeatureCache:
   """Features of one params version, by (images key, layer); a new version (the
   train step, or the checkpoint) drops the old ones."""

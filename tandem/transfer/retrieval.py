@@ -81,10 +81,10 @@ def evaluate_task(data: Pairs, settings, model) -> list[dict]:
   `retrieval_t2i_recall@K`."""
   del settings
   from tandem.transfer import features  # pylint: disable=g-import-not-at-top
-  if model.embedder is None:
-    return [{"evaluator": "retrieval", "skipped": (
-        f"{model.config.objective} checkpoints have no text tower; retrieval needs "
-        "a CLIP/SigLIP checkpoint.")}]
+  from tandem.transfer import protocol  # pylint: disable=g-import-not-at-top
+  skip = protocol.needs_text_tower(model, "retrieval")
+  if skip:
+    return [skip]
   texts = [c for caps in data.captions for c in caps]
   scores = recall_at_k(model.embedder.images(model.variables, data.images),
                        model.embedder.texts(model.variables, texts), data.captions,

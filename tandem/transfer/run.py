@@ -132,10 +132,14 @@ def run(config) -> dict:
     print(f"{task.name}: {time.time() - task_start:.1f} s "
           f"({cache.extractions - extractions} feature extractions)")
   if "retrieval" in evaluators:  # Not a classification task: a row of its own.
-    retrieval = protocol.get_evaluator("retrieval")
-    pairs = retrieval.load_data(config.retrieval, loaded.config, data_dir,
-                                seed=config.seed)
-    records += evaluate_task(pairs, model, config, ["retrieval"])
+    task = f"{config.retrieval.dataset}/{config.retrieval.split}"
+    skip = protocol.needs_text_tower(model, "retrieval")
+    if skip:  # Recorded without loading the data.
+      records.append({"task": task, "group": "image-text", **skip})
+    else:
+      pairs = protocol.get_evaluator("retrieval").load_data(
+          config.retrieval, loaded.config, data_dir, seed=config.seed)
+      records += evaluate_task(pairs, model, config, ["retrieval"])
 
   summary = report.summarise(records, {t.name: t.group for t in tasks})
   results = {"checkpoint": os.path.abspath(config.checkpoint), "step": loaded.step,

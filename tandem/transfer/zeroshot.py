@@ -56,10 +56,10 @@ def evaluate_task(data, settings, model) -> list[dict]:
   """Zero-shot top-1 on the task's test split (`settings.templates`; empty: the
   CLIP-style templates of `tandem.data.captions`)."""
   from tandem.transfer import features  # pylint: disable=g-import-not-at-top
-  if model.embedder is None:
-    return [{"evaluator": "zeroshot", "skipped": (
-        f"{model.config.objective} checkpoints have no text tower; zeroshot needs "
-        "a CLIP/SigLIP checkpoint.")}]
+  from tandem.transfer import protocol  # pylint: disable=g-import-not-at-top
+  skip = protocol.needs_text_tower(model, "zeroshot")
+  if skip:
+    return [skip]
   if not data.class_names:
     return [{"evaluator": "zeroshot", "skipped": f"{data.name} has no class names "
              "to prompt with."}]
