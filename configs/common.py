@@ -187,6 +187,10 @@ def base(objective: str, dataset: str, data: dict, *, train_split: str) -> \
                       mean=data["mean"], std=data["std"], batch_size=0)
   # Device mesh ({axis: size}, -1 = the rest) and parameter partition rules
   # ((regex, spec) pairs, first match wins; replicated by default).
+  # Compute precision: "float32", or "bfloat16" for matmuls, convolutions and
+  # activations with float32 parameters, statistics and losses
+  # (`tandem.models.compute_dtype`).
+  config.precision = "float32"
   config.mesh = dict(data=-1, fsdp=1, model=1)
   config.partition_rules = [(".*", ())]
   config.log_every = 50

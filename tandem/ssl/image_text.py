@@ -30,6 +30,7 @@ from tandem.data import tokenizer as tokenizer_lib
 
 
 def _l2_normalize(x):
+  x = x.astype(jnp.float32)  # Embeddings, logits and losses are float32.
   return x / jnp.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
 
 
@@ -41,12 +42,14 @@ class Model(nn.Module):
   embed_dim: int
   logit_scale_init: float  # The initial scale itself (e.g. 1/0.07); stored as log.
   logit_bias_init: float | None = None  # None: no bias parameter (CLIP).
+  dtype: Any = jnp.float32  # Compute dtype of the towers (`models.compute_dtype`).
 
   def setup(self):
-    self.encoder = models.get_model(self.image_name, **self.image_kwargs)
-    self.text = models.get_model("text", **self.text_kwargs)
-    self.image_head = nn.Dense(self.embed_dim, use_bias=False)
-    self.text_head = nn.Dense(self.embed_dim, use_bias=False)
+    self.encoder = models.get_model(self.image_name, **self.image_kwargs,
+                                    dtype=self.dtype)
+    self.text = models.get_model("text", **self.text_kwargs, dtype=self.dtype)
+    self.image_head = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)
+    self.text_head = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)
     self.t = self.param("t", nn.initializers.constant(jnp.log(self.logit_scale_init)),
                         (), jnp.float32)
     if self.logit_bias_init is not None:
@@ -74,7 +77,8 @@ def make_model(config, *, logit_scale_init: float,
                      pad_id=tok.pad_id, max_len=config.input.text.max_len)
   return Model(image_name=config.model_name, image_kwargs=config.model.to_dict(),
                text_kwargs=text_kwargs, embed_dim=config.embed_dim,
-               logit_scale_init=logit_scale_init, logit_bias_init=logit_bias_init)
+               logit_scale_init=logit_scale_init, logit_bias_init=logit_bias_init,
+               dtype=models.compute_dtype(config))
 
 
 def init_inputs(config) -> tuple:

@@ -120,11 +120,13 @@ class Model(nn.Module):
   encoder: dict[str, Any]
   decoder: dict[str, int]  # width, depth, mlp_dim, num_heads.
   mask_ratio: float = 0.75
+  dtype: Any = jnp.float32  # Compute dtype (`models.compute_dtype`); `pred` is float32.
 
   @nn.compact
   def __call__(self, images, *, train: bool = False, mask_rng=None, keep_idx=None,
                restore_idx=None):
-    encoder = models.get_model(self.encoder_name, **self.encoder, name="encoder")
+    encoder = models.get_model(self.encoder_name, **self.encoder, dtype=self.dtype,
+                               name="encoder")
     p, prefix = encoder.patch_size, encoder.num_prefix_tokens
     b, h, w, c = images.shape
     grid = (h // p, w // p)
@@ -141,7 +143,8 @@ class Model(nn.Module):
 
     width = self.decoder["width"]
     dense = lambda n_out, name: nn.Dense(
-        n_out, kernel_init=nn.initializers.xavier_uniform(), name=name)
+        n_out, kernel_init=nn.initializers.xavier_uniform(), dtype=self.dtype,
+        name=name)
     x = dense(width, "decoder_embed")(out["encoded"].astype(jnp.float32))
     cls, x = x[:, :prefix], x[:, prefix:]
     mask_token = self.param("mask_token", nn.initializers.normal(stddev=0.02),
@@ -152,8 +155,9 @@ class Model(nn.Module):
     x = jnp.concatenate([cls, x], axis=1)
     x = x + vit.get_posemb(self, "sincos2d", grid, width, prefix)
     x = vit.Encoder(self.decoder["depth"], self.decoder["mlp_dim"],
-                    self.decoder["num_heads"], name="decoder")(x, train=train)
-    pred = dense(p * p * c, "decoder_pred")(x[:, prefix:])
+                    self.decoder["num_heads"], dtype=self.dtype, name="decoder")(
+                        x.astype(self.dtype), train=train)
+    pred = dense(p * p * c, "decoder_pred")(x[:, prefix:]).astype(jnp.float32)
     return {**out, "pred": pred, "mask": mask}
 
 
@@ -171,7 +175,8 @@ def _check_config(config) -> int:
 def make_model(config) -> Model:
   _check_config(config)
   return Model(encoder_name=config.model_name, encoder=config.model.to_dict(),
-               decoder=dict(config.mae.decoder), mask_ratio=config.mae.mask_ratio)
+               decoder=dict(config.mae.decoder), mask_ratio=config.mae.mask_ratio,
+               dtype=models.compute_dtype(config))
 
 
 def _normalized(images_uint8, config, aug_rng=None):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from tandem import models
 from tandem.data import augment
@@ -24,20 +25,22 @@ class Model(nn.Module):
   encoder_name: str
   encoder: dict[str, Any]
   projector_dims: Sequence[int]
+  dtype: Any = jnp.float32  # Compute dtype (`models.compute_dtype`).
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    out = models.get_model(self.encoder_name, **self.encoder, name="encoder")(
-        images, train=train)
+    out = models.get_model(self.encoder_name, **self.encoder, dtype=self.dtype,
+                           name="encoder")(images, train=train)
     z = heads.Projector(hidden_dims=tuple(self.projector_dims[:-1]),
-                        out_dim=self.projector_dims[-1], name="projector")(
-                            out["pre_logits"], train=train)
-    return {**out, "z": z}
+                        out_dim=self.projector_dims[-1], dtype=self.dtype,
+                        name="projector")(out["pre_logits"], train=train)
+    return {**out, "z": z.astype(jnp.float32)}  # The losses are float32.
 
 
 def make_model(config, projector_dims: Sequence[int]) -> Model:
   return Model(encoder_name=config.model_name, encoder=config.model.to_dict(),
-               projector_dims=tuple(projector_dims))
+               projector_dims=tuple(projector_dims),
+               dtype=models.compute_dtype(config))
 
 
 def augmented_views(rng, images_uint8, config) -> tuple:
