@@ -191,6 +191,11 @@ def base(objective: str, dataset: str, data: dict, *, train_split: str) -> \
   # activations with float32 parameters, statistics and losses
   # (`tandem.models.compute_dtype`).
   config.precision = "float32"
+  # Sharding: a preset ("dp", "fsdp", "fsdp_tp": tandem.parallel.preset_mesh and
+  # preset_rules; FSDP shards parameters of at least fsdp_min_size_mb), or "" for
+  # the mesh and rules below.
+  config.sharding = ""
+  config.fsdp_min_size_mb = 4.0
   config.mesh = dict(data=-1, fsdp=1, model=1)
   config.partition_rules = [(".*", ())]
   config.log_every = 50

@@ -105,6 +105,68 @@ def tree_shardings(tree: Any, rules, mesh: Mesh) -> Any:
       tree)
 
 
+SHARDING_PRESETS = ("dp", "fsdp", "fsdp_tp")
+# Megatron-style tensor parallelism of transformer blocks (ViT, the text tower) on
+# `model`: query/key/value column-parallel over heads and the output projection
+# row-parallel; the MLP's first layer column-parallel over its hidden units, the
+# second row-parallel. One all-reduce per attention and per MLP in each direction.
+TP_RULES = (
+    (r"attn/(query|key|value)/kernel$", (None, "model", None)),
+    (r"attn/(query|key|value)/bias$", ("model", None)),
+    (r"attn/out/kernel$", ("model", None, None)),
+    (r"mlp/fc1/kernel$", (None, "model")),
+    (r"mlp/fc1/bias$", ("model",)),
+    (r"mlp/fc2/kernel$", ("model", None)),
+)
+
+
+def preset_mesh(preset: str, mesh_config) -> dict:
+  """The mesh of a sharding preset: `dp` all devices on `data`; `fsdp` all on
+  `fsdp`; `fsdp_tp` `model` as `mesh_config` gives it (2 when it gives 1), the rest
+  on `fsdp`."""
+  if preset not in SHARDING_PRESETS:
+    raise ValueError(f"config.sharding must be '' (use config.mesh and "
+                     f"config.partition_rules) or one of {SHARDING_PRESETS}, got "
+                     f"{preset!r}.")
+  if preset == "dp":
+    return dict(data=-1, fsdp=1, model=1)
+  if preset == "fsdp":
+    return dict(data=1, fsdp=-1, model=1)
+  return dict(data=1, fsdp=-1, model=max(2, int(mesh_config.get("model", 1))))
+
+
+def preset_rules(preset: str, params, mesh: Mesh, min_size_mb: float = 4.0) -> list:
+  """The `(regex, spec)` rules of a sharding preset for `params` (arrays or shapes).
+
+  `dp`: everything replicated. `fsdp`: every parameter of at least `min_size_mb`
+  sharded on `fsdp` along its largest dimension that the axis divides (big_vision's
+  `fsdp` rule; small arrays stay replicated, where sharding costs more than it
+  saves). `fsdp_tp`: `TP_RULES` on `model`, and `fsdp` as above on a dimension the
+  `model` rule leaves free. One rule per sharded parameter, matching its path at the
+  end, so the optimizer state that mirrors it (`opt_state/.../mu/<path>`) follows.
+  """
+  preset_mesh(preset, {})  # Validates the name.
+  rules = []
+  fsdp = mesh.shape["fsdp"]
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name, shape = path_str(path), tuple(np.shape(leaf))
+    spec = [None] * len(shape)
+    if preset == "fsdp_tp":
+      for pattern, tp in TP_RULES:
+        if re.search(pattern, name) and len(tp) == len(shape):
+          spec = list(tp)
+          break
+    size_mb = np.prod(shape, dtype=np.int64) * np.dtype(leaf.dtype).itemsize / 2**20
+    if preset != "dp" and fsdp > 1 and shape and size_mb >= min_size_mb:
+      free = [d for d in np.argsort(shape)[::-1]
+              if spec[d] is None and shape[d] % fsdp == 0]
+      if free:
+        spec[free[0]] = "fsdp"
+    if any(axis is not None for axis in spec):
+      rules.append((r"(^|/)" + re.escape(name) + "$", tuple(spec)))
+  return rules + [(".*", ())]
+
+
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Turns this process's slice of the batch into global arrays on the batch axes."""
   sharding = batch_sharding(mesh)

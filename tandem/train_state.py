@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from tandem import parallel
@@ -107,3 +108,42 @@ def check_finite(state, what: str) -> None:
   step = first_nonfinite_step(state)
   if step is not None:
     raise NonFiniteLossError(f"The loss became non-finite at step {step}. {what}")
+
+
+def _per_device_bytes(tree) -> int:
+  """Bytes of `tree`'s arrays on one device (the first addressable shard of each)."""
+  return sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree)
+             if hasattr(x, "addressable_shards"))
+
+
+def resource_report(compiled, params, state) -> dict[str, float]:
+  """What a run needs per device, before it starts: parameters (count and MB on one
+  device), optimizer state MB, and for the compiled step XLA's memory analysis
+  (arguments, outputs, temporaries, peak where XLA reports it) and cost analysis
+  (FLOPs per step, over all devices)."""
+  mb = lambda n: float(n) / 2**20
+  out = {"params": float(sum(np.size(x) for x in jax.tree.leaves(params))),
+         "params_mb_per_device": mb(_per_device_bytes(params)),
+         "opt_state_mb_per_device": mb(_per_device_bytes(state["opt_state"]))}
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    for key in ("argument", "output", "temp", "peak_memory"):
+      value = getattr(memory, f"{key}_size_in_bytes" if key != "peak_memory"
+                      else "peak_memory_in_bytes", None)
+      if value:
+        out[f"step_{key.replace('_memory', '')}_mb_per_device"] = mb(value)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  if cost and "flops" in cost:
+    out["step_flops"] = float(cost["flops"])
+  return out
+
+
+def format_report(report: dict[str, float]) -> str:
+  """One line of `resource_report`."""
+  parts = [f"{report['params']:,.0f} params"]
+  parts += [f"{k.removesuffix('_mb_per_device').replace('_', ' ')} "
+            f"{v:,.1f} MB" for k, v in report.items() if k.endswith("_mb_per_device")]
+  if "step_flops" in report:
+    parts.append(f"{report['step_flops'] / 1e9:,.2f} GFLOP/step")
+  return "per device: " + ", ".join(parts)

@@ -51,6 +51,11 @@ def test_every_config_runs_in_runlocal(path, model, tiny_data_dir, tmp_path):
   lines = open(tmp_path / "metrics.jsonl").read().splitlines()
   assert json.loads(lines[-1])["step"] == config.total_steps
   assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+  # What the run needs per device, reported before the first step.
+  resources = json.load(open(tmp_path / "resources.json"))
+  assert resources["params"] == sum(
+      np.size(x) for x in jax.tree.leaves(tandem.load(str(tmp_path)).params))
+  assert resources["params_mb_per_device"] > 0 and resources["step_flops"] > 0
 
 
 def _params(workdir):

@@ -146,7 +146,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data_dir = input_pipeline.resolve_data_dir(config.data_dir or None)
 
   # --- Mesh ---------------------------------------------------------------------
-  mesh = parallel.make_mesh(config.mesh)
+  preset = config.get("sharding", "")
+  mesh = parallel.make_mesh(parallel.preset_mesh(preset, config.mesh) if preset
+                            else config.mesh)
   batch_shards = parallel.batch_shards(mesh)
   if config.input.batch_size <= 0:
     raise ValueError(f"config.input.batch_size must be positive, got "
@@ -177,7 +179,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # 15-30 s to compile the init of even a small ResNet; rbg takes ~3 s.
   init_rng = jax.random.key(config.seed, impl="rbg")
   abstract_params, abstract_state = jax.eval_shape(init, init_rng)
-  rules = config.partition_rules
+  rules = (parallel.preset_rules(preset, abstract_params, mesh,
+                                 config.get("fsdp_min_size_mb", 4.0))
+           if preset else config.partition_rules)
   params_sharding = parallel.tree_shardings(abstract_params, rules, mesh)
   state_sharding = parallel.tree_shardings(abstract_state, rules, mesh)
   batch_sharding = parallel.batch_sharding(mesh)
@@ -250,6 +254,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with _StopSignal() as stop:
       while step < config.total_steps:
         batch = parallel.global_batch(next(train_iter), mesh)
+        if step == first_step:  # Compiled ahead, to report what it needs.
+          train_step = train_step.lower(params, state, batch).compile()
+          resources = train_state.resource_report(train_step, params, state)
+          progress.message(train_state.format_report(resources))
+          if jax.process_index() == 0:
+            with open(os.path.join(workdir, "resources.json"), "w") as f:
+              json.dump(resources, f, indent=2)
         params, state, metrics = train_step(params, state, batch)
         step += 1
         if step % config.log_every == 0 or step == config.total_steps:
