@@ -195,6 +195,9 @@ def base(objective: str, dataset: str, data: dict, *, train_split: str) -> \
   # preset_rules; FSDP shards parameters of at least fsdp_min_size_mb), or "" for
   # the mesh and rules below.
   config.sharding = ""
+  # > 1: each batch in that many micro-batches, with the whole batch's loss and
+  # gradient (tandem.train_state.accumulate; batch-norm statistics per micro-batch).
+  config.grad_accum_steps = 1
   config.fsdp_min_size_mb = 4.0
   config.mesh = dict(data=-1, fsdp=1, model=1)
   config.partition_rules = [(".*", ())]

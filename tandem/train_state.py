@@ -40,8 +40,52 @@ def create(params, tx: optax.GradientTransformation, model_state, seed: int) -> 
               nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
+def accumulate(stages, params, model_state, batch, rng, k: int):
+  """(loss, metrics, grads, new model state) of the whole batch, computed in `k`
+  micro-batches, exactly, for losses that couple the batch (GradCache, Gao et al.
+  2021; open_clip's `--accum-freq`).
+
+  `stages = (prepare, embed, head)`: `prepare(batch, rng)` makes the model inputs
+  of the whole batch (augmentations, masks: parameter-free); `embed(params,
+  model_state, inputs) -> (embeddings, model_state)` runs the model on a
+  micro-batch; `head(params, embeddings, rng) -> (loss, metrics)` is the loss on
+  the whole batch's embeddings. The micro-batches are embedded without keeping
+  activations, the loss and its gradient with respect to the embeddings are taken
+  on the whole batch, then each micro-batch's forward pass is recomputed and its
+  slice of that gradient back-propagated; the parameter gradient is the sum, equal
+  to the whole batch's. Micro-batch j is rows j, j+k, j+2k, ... so that it is spread
+  over every device of a batch-sharded array. Batch-norm statistics are per
+  micro-batch (and running averages are updated k times a step): with batch norm
+  the result is that of k smaller batches, not the whole one.
+  """
+  prepare, embed, head = stages
+  inputs = prepare(batch, rng)
+  split = lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+  merge = lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
+  micro = jax.tree.map(split, inputs)
+  frozen = jax.lax.stop_gradient(params)
+
+  def forward(state, mb):
+    emb, state = embed(frozen, state, mb)
+    return state, emb
+
+  new_state, embs = jax.lax.scan(forward, model_state, micro)
+  (loss, metrics), (grads, emb_grads) = jax.value_and_grad(
+      head, argnums=(0, 1), has_aux=True)(params, jax.tree.map(merge, embs), rng)
+
+  def backward(grads, xs):
+    mb, emb_grad = xs
+    _, vjp = jax.vjp(lambda p: embed(p, model_state, mb)[0], params)
+    return jax.tree.map(jnp.add, grads, vjp(emb_grad)[0]), None
+
+  grads, _ = jax.lax.scan(backward, grads,
+                          (micro, jax.tree.map(split, emb_grads)))
+  return loss, metrics, grads, new_state
+
+
 def make_step(loss_fn: LossFn, tx, *, lr_schedule: optax.Schedule | None = None,
-              trainable: Callable[[Any], Any] | None = None):
+              trainable: Callable[[Any], Any] | None = None, stages=None,
+              accum_steps: int = 1):
   """`step(params, state, batch) -> (params, state, metrics)`: one update.
 
   `tx`: an optax transformation, or a function of the batch returning one (for a
@@ -49,8 +93,12 @@ def make_step(loss_fn: LossFn, tx, *, lr_schedule: optax.Schedule | None = None,
   rate in the batch). `trainable(params)`: a bool tree; frozen leaves get no
   gradient (so no backward pass is spent on them) and pass through the update
   bit-identical. Metrics: the loss function's, `grad_norm` and, given
-  `lr_schedule`, `lr`.
+  `lr_schedule`, `lr`. `accum_steps` > 1: the gradient of the whole batch from that
+  many micro-batches (`accumulate`, with the objective's `stages`).
   """
+  if accum_steps > 1 and (stages is None or trainable is not None):
+    raise ValueError("Gradient accumulation needs the objective's stages "
+                     "(make_stages) and no trainable mask.")
 
   def step(params, state, batch):
     count = state["step"]
@@ -63,8 +111,12 @@ def make_step(loss_fn: LossFn, tx, *, lr_schedule: optax.Schedule | None = None,
                               params, mask)
       return loss_fn(params, state["model_state"], batch, rng)
 
-    (value, (metrics, model_state)), grads = jax.value_and_grad(
-        loss, has_aux=True)(params)
+    if accum_steps > 1:
+      value, metrics, grads, model_state = accumulate(
+          stages, params, state["model_state"], batch, rng, accum_steps)
+    else:
+      (value, (metrics, model_state)), grads = jax.value_and_grad(
+          loss, has_aux=True)(params)
     transform = tx if hasattr(tx, "update") else tx(batch)
     updates, opt_state = transform.update(grads, state["opt_state"], params)
     if mask is None:

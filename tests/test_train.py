@@ -62,9 +62,11 @@ def _params(workdir):
   return jax.device_get(tandem.load(workdir).params)
 
 
-def test_resume_after_sigterm_equals_uninterrupted(tiny_data_dir, tmp_path,
+# Also with gradient accumulation (2 micro-batches of 8): its resume is exact too.
+@pytest.mark.parametrize("accum", [1, 2])
+def test_resume_after_sigterm_equals_uninterrupted(accum, tiny_data_dir, tmp_path,
                                                    monkeypatch):
-  overrides = {"total_steps": 6, "checkpoint.every": 4}
+  overrides = {"total_steps": 6, "checkpoint.every": 4, "grad_accum_steps": accum}
   full = tmp_path / "full"
   train.train(bt_config(tiny_data_dir, **overrides), str(full))
 

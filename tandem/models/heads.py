@@ -20,6 +20,7 @@ class Projector(nn.Module):
   hidden_dims: Sequence[int]
   out_dim: int
   last_bn: bool = False
+  norm: str = "batch"  # "none": no BatchNorm (an exactly accumulable projector).
   dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
 
   @nn.compact
@@ -30,8 +31,8 @@ class Projector(nn.Module):
     x = x.astype(self.dtype)
     for i, dim in enumerate(self.hidden_dims):
       x = nn.Dense(dim, use_bias=False, dtype=self.dtype, name=f"dense{i + 1}")(x)
-      x = nn.relu(norm(f"bn{i + 1}")(x))
+      x = nn.relu(norm(f"bn{i + 1}")(x) if self.norm == "batch" else x)
     x = nn.Dense(self.out_dim, use_bias=False, dtype=self.dtype, name="out")(x)
-    if self.last_bn:
+    if self.last_bn and self.norm == "batch":
       x = norm("out_bn", affine=False)(x)
     return x.astype(jnp.float32)

@@ -105,3 +105,20 @@ def make_loss_fn(model: siamese.Model, config):
     return loss, ({"loss": loss, **metrics}, state)
 
   return loss_fn
+
+
+def make_stages(model: siamese.Model, config):
+  """The loss in stages for exact gradient accumulation (Mixed Barlow Twins'
+  regulariser is not supported there: it mixes views across the whole batch)."""
+  bt = config.barlow_twins
+  if bt.get("mixup_loss_scale", 0.0):
+    raise ValueError("grad_accum_steps > 1 does not support Mixed Barlow Twins "
+                     "(barlow_twins.mixup_loss_scale > 0).")
+
+  def head(params, emb, rng):
+    del params, rng
+    loss, metrics = barlow_twins_loss(emb["z1"], emb["z2"], lambd=bt.lambd)
+    loss = bt.loss_scale * loss
+    return loss, {"loss": loss, **metrics}
+
+  return siamese.make_stages(model, config, head)

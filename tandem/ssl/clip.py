@@ -64,3 +64,8 @@ def make_loss_fn(model: image_text.Model, config):
   pair_loss = lambda zimg, ztxt, t, b: clip_loss(zimg, ztxt, t)
   return image_text.make_loss_fn(model, config, pair_loss)
 
+
+
+def make_stages(model: image_text.Model, config):
+  _check(config)
+  return image_text.make_stages(model, config, lambda zimg, ztxt, t, b: clip_loss(zimg, ztxt, t))

@@ -121,6 +121,34 @@ def make_loss_fn(model: Model, config, pair_loss: Callable):
   return loss_fn
 
 
+def make_stages(model: Model, config, pair_loss: Callable):
+  """(prepare, embed, head) for exact gradient accumulation: the pairs of the whole
+  batch are contrasted in `head`, which also owns the scale t and bias b."""
+  check_config(config)
+
+  def prepare(batch, rng):
+    images = batch["image"].astype(jnp.float32) / 255.0
+    if config.get("aug") is not None:
+      images = augment.augment_view(random_streams.stream(rng, "augment/view"),
+                                    images, config.aug)
+    return {"image": preprocess.normalize(images, config.input.mean,
+                                          config.input.std),
+            "text": batch["text"]}
+
+  def embed(params, model_state, inputs):
+    out, state = model.apply({"params": params, **model_state}, inputs["image"],
+                             inputs["text"], train=True, mutable=["batch_stats"])
+    return {"zimg": out["zimg"], "ztxt": out["ztxt"]}, dict(state)
+
+  def head(params, emb, rng):
+    del rng
+    b = params["b"] if "b" in params else jnp.zeros((), jnp.float32)
+    loss, metrics = pair_loss(emb["zimg"], emb["ztxt"], params["t"], b)
+    return loss, {"loss": loss, **metrics}
+
+  return prepare, embed, head
+
+
 def retrieval_top1(logits):
   """Image→text and text→image top-1 within the batch (diagonal = the pair)."""
   labels = jnp.arange(logits.shape[0])

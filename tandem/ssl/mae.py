@@ -203,6 +203,34 @@ def make_loss_fn(model: Model, config):
   return loss_fn
 
 
+def make_stages(model: Model, config):
+  """(prepare, embed, head) for gradient accumulation. MAE's loss is per example,
+  so accumulation is exact as long as every micro-batch sees the masks the whole
+  batch would: `prepare` draws them for the whole batch."""
+  p = _check_config(config)
+
+  def prepare(batch, rng):
+    x = _normalized(batch["image"], config,
+                    random_streams.stream(rng, "augment/view"))
+    n = (x.shape[1] // p) * (x.shape[2] // p)
+    keep_idx, _, restore_idx = random_masking(
+        random_streams.stream(rng, "mae/mask"), x.shape[0], n, config.mae.mask_ratio)
+    return {"x": x, "keep_idx": keep_idx, "restore_idx": restore_idx}
+
+  def embed(params, model_state, inputs):
+    out = model.apply({"params": params, **model_state}, inputs["x"], train=True,
+                      keep_idx=inputs["keep_idx"], restore_idx=inputs["restore_idx"])
+    return {"pred": out["pred"], "mask": out["mask"],
+            "target": patchify(inputs["x"], p)}, model_state
+
+  def head(params, emb, rng):
+    del params, rng
+    loss = mae_loss(emb["pred"], emb["target"], emb["mask"], config.mae.norm_pix_loss)
+    return loss, {"loss": loss}
+
+  return prepare, embed, head
+
+
 class Reconstructions:
   """`num_images` fixed images of `config.evals.reconstruction` (dataset, split,
   num_images) and the jitted reconstruction under one fixed mask: the evaluator's

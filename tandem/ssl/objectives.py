@@ -4,7 +4,9 @@ An objective is a module `tandem.ssl.<name>` that defines `make_model(config)` a
 `make_loss_fn(model, config)`, and optionally `init_inputs(config)` (the example
 inputs `model.init` is called with; default: one image batch of the config's size)
 and `param_bounds(config)` ({top-level param: (low, high)} boxes the parameters are
-clamped into after each update; default: none). `get_objective(name)` returns them
+clamped into after each update; default: none), and `make_stages(model, config)`:
+the loss as (prepare, embed, head) for exact gradient accumulation
+(`train_state.accumulate`; None: the objective cannot accumulate). `get_objective(name)` returns them
 all, so pretraining, `tandem.load`, feature extraction and the benchmarks look an
 objective up the same way, and none of them needs the training program for it.
 """
@@ -35,6 +37,7 @@ class Objective:
   make_loss_fn: Callable[[Any, Any], Callable]
   init_inputs: Callable[[Any], tuple]
   param_bounds: Callable[[Any], dict]
+  make_stages: Callable[[Any, Any], tuple] | None = None
 
 
 def get_objective(name: str) -> Objective:
@@ -52,4 +55,5 @@ def get_objective(name: str) -> Objective:
   return Objective(
       name=name, make_model=module.make_model, make_loss_fn=module.make_loss_fn,
       init_inputs=getattr(module, "init_inputs", default_init_inputs),
-      param_bounds=getattr(module, "param_bounds", no_param_bounds))
+      param_bounds=getattr(module, "param_bounds", no_param_bounds),
+      make_stages=getattr(module, "make_stages", None))

@@ -26,21 +26,23 @@ class Model(nn.Module):
   encoder: dict[str, Any]
   projector_dims: Sequence[int]
   dtype: Any = jnp.float32  # Compute dtype (`models.compute_dtype`).
+  projector_norm: str = "batch"
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     out = models.get_model(self.encoder_name, **self.encoder, dtype=self.dtype,
                            name="encoder")(images, train=train)
     z = heads.Projector(hidden_dims=tuple(self.projector_dims[:-1]),
-                        out_dim=self.projector_dims[-1], dtype=self.dtype,
-                        name="projector")(out["pre_logits"], train=train)
+                        out_dim=self.projector_dims[-1], norm=self.projector_norm,
+                        dtype=self.dtype, name="projector")(out["pre_logits"], train=train)
     return {**out, "z": z.astype(jnp.float32)}  # The losses are float32.
 
 
 def make_model(config, projector_dims: Sequence[int]) -> Model:
   return Model(encoder_name=config.model_name, encoder=config.model.to_dict(),
                projector_dims=tuple(projector_dims),
-               dtype=models.compute_dtype(config))
+               dtype=models.compute_dtype(config),
+               projector_norm=config[config.objective].get("projector_norm", "batch"))
 
 
 def augmented_views(rng, images_uint8, config) -> tuple:
@@ -63,3 +65,21 @@ def embed_two_views(model: Model, params, model_state, images_uint8, rng, config
   """Returns ((z1, z2), new_model_state) for two augmented views of the batch."""
   return encode(model, params, model_state,
                 augmented_views(rng, images_uint8, config))
+
+
+def make_stages(model: Model, config, head):
+  """(prepare, embed, head) of a two-view objective, for exact gradient
+  accumulation (`train_state.make_step`): both views of the whole batch drawn by
+  `prepare`, each micro-batch embedded by `embed`, `head(params, {"z1", "z2"}, rng)`
+  the loss on the whole batch."""
+
+  def prepare(batch, rng):
+    view1, view2 = augmented_views(rng, batch["image"], config)
+    return {"view1": view1, "view2": view2}
+
+  def embed(params, model_state, inputs):
+    (z1, z2), state = encode(model, params, model_state,
+                             (inputs["view1"], inputs["view2"]))
+    return {"z1": z1, "z2": z2}, state
+
+  return prepare, embed, head

@@ -48,3 +48,15 @@ def make_loss_fn(model: siamese.Model, config):
     return loss, ({"loss": loss, **metrics}, state)
 
   return loss_fn
+
+
+def make_stages(model: siamese.Model, config):
+  """The loss in stages for exact gradient accumulation (negatives from the whole
+  batch)."""
+
+  def head(params, emb, rng):
+    del params, rng
+    loss, metrics = nt_xent_loss(emb["z1"], emb["z2"], config.simclr.temperature)
+    return loss, {"loss": loss, **metrics}
+
+  return siamese.make_stages(model, config, head)

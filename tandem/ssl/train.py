@@ -189,9 +189,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       init_rng)
 
   # --- Step -----------------------------------------------------------------------
+  accum = int(config.get("grad_accum_steps", 1))
+  if accum > 1:
+    if objective.make_stages is None:
+      raise ValueError(f"grad_accum_steps={accum}: objective {config.objective!r} "
+                       "has no make_stages for gradient accumulation.")
+    if config.input.batch_size % (accum * batch_shards):
+      raise ValueError(f"config.input.batch_size={config.input.batch_size} must be "
+                       f"divisible by grad_accum_steps={accum} times the "
+                       f"{batch_shards} batch shards.")
   train_step = train_state.jit_step(
-      train_state.make_step(loss_fn, tx, lr_schedule=lr_schedule), mesh,
-      params_sharding, state_sharding, batch_sharding)
+      train_state.make_step(
+          loss_fn, tx, lr_schedule=lr_schedule, accum_steps=accum,
+          stages=objective.make_stages(model, config) if accum > 1 else None),
+      mesh, params_sharding, state_sharding, batch_sharding)
 
   # --- Checkpoint -----------------------------------------------------------------
   ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep,
@@ -213,6 +224,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = {}
   if resumed_step is not None:
     progress.message(f"Resumed from step {resumed_step} in {workdir}.")
+  if accum > 1:
+    progress.message(
+        f"Gradient accumulation: {accum} micro-batches of "
+        f"{config.input.batch_size // accum}; the loss and its gradient are those "
+        "of the whole batch, but batch-norm statistics are per micro-batch.")
 
   def log_evals(step, metrics, images, seconds):
     writer.write(step, metrics)
