@@ -27,8 +27,9 @@ def _setup(name):
     config[name].projector_norm = "none"
   objective = objectives.get_objective(config.objective)
   net = objective.make_model(config)
-  variables = dict(net.init(jax.random.key(0), *objective.init_inputs(config),
-                            train=False))
+  inputs = objective.init_inputs(config)
+  variables = dict(jax.jit(lambda key: net.init(key, *inputs, train=False))(
+      jax.random.key(0)))
   params = variables.pop("params")
   rng = np.random.default_rng(0)
   size, channels = config.input.image_size, config.input.channels
@@ -83,7 +84,7 @@ def test_naive_micro_batch_losses_would_differ():
   another objective, with another gradient."""
   loss_fn, _, params, state, batch = _setup("barlow_twins")
   key = jax.random.key(3)
-  grad = lambda b: jax.grad(lambda p: loss_fn(p, state, b, key)[0])(params)
+  grad = jax.jit(lambda b: jax.grad(lambda p: loss_fn(p, state, b, key)[0])(params))
   whole = grad(batch)
   parts = [grad(jax.tree.map(lambda x: x[i::4], batch)) for i in range(4)]
   naive = jax.tree.map(lambda *g: sum(g) / 4, *parts)

@@ -32,8 +32,9 @@ def _setup(name, model, precision, **fields):
     config[key] = value
   objective = objectives.get_objective(config.objective)
   net = objective.make_model(config)
-  variables = dict(net.init(jax.random.key(0), *objective.init_inputs(config),
-                            train=False))
+  inputs = objective.init_inputs(config)
+  variables = dict(jax.jit(lambda key: net.init(key, *inputs, train=False))(
+      jax.random.key(0)))
   params = variables.pop("params")
   return config, net, params, variables, objective.make_loss_fn(net, config)
 
@@ -67,19 +68,20 @@ def test_bf16_loss_at_init_is_close_to_float32_and_params_stay_float32(name, mod
 def test_bf16_computes_in_bf16_and_hands_float32_to_the_losses():
   images = lambda config: jnp.zeros((4, config.input.image_size,
                                      config.input.image_size, config.input.channels))
+  # Jitted: op-by-op, these forward passes take half a minute.
   config, net, params, state, _ = _setup("barlow_twins", "cnn", "bfloat16")
-  out, _ = net.apply({"params": params, **state}, images(config), train=True,
-                     mutable=["batch_stats"])
+  out, _ = jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=["batch_stats"]))(
+      {"params": params, **state}, images(config))
   assert out["stage1"].dtype == jnp.bfloat16  # The backbone's activations.
   assert out["pre_logits"].dtype == jnp.float32  # Features for probes (models/).
   assert out["z"].dtype == jnp.float32  # What the cross-correlation is made of.
   config, net, params, state, _ = _setup("clip", "cnn", "bfloat16")
   tokens = jnp.full((4, config.input.text.max_len), 5, jnp.int32)
-  out = net.apply({"params": params, **state}, images(config), tokens)
+  out = jax.jit(net.apply)({"params": params, **state}, images(config), tokens)
   assert out["zimg"].dtype == out["ztxt"].dtype == jnp.float32  # Logits in f32.
   config, net, params, state, _ = _setup("mae", "vit_tiny", "bfloat16")
-  out = net.apply({"params": params, **state}, images(config),
-                  mask_rng=jax.random.key(0))
+  out = jax.jit(lambda v, x: net.apply(v, x, mask_rng=jax.random.key(0)))(
+      {"params": params, **state}, images(config))
   assert out["encoded"].dtype == jnp.bfloat16
   assert out["pred"].dtype == jnp.float32  # Target normalisation and loss in f32.
 
