@@ -94,6 +94,32 @@ def bt_config(data_dir, arg="runlocal", **overrides):
   return config
 
 
+def init_objective(config):
+  """(objective, model, params, model_state) of `config`, initialised (jitted:
+  op by op, a ViT's init takes seconds)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from tandem.ssl import objectives  # pylint: disable=g-import-not-at-top
+  objective = objectives.get_objective(config.objective)
+  net = objective.make_model(config)
+  inputs = objective.init_inputs(config)
+  variables = dict(jax.jit(lambda key: net.init(key, *inputs, train=False))(
+      jax.random.key(0)))
+  params = variables.pop("params")
+  return objective, net, params, variables
+
+
+def random_batch(config, n=16, seed=0):
+  """A batch of `n` random uint8 images at the config's size (labels 0..9, and
+  random tokens when the config has text)."""
+  rng = np.random.default_rng(seed)
+  size, channels = config.input.image_size, config.input.channels
+  batch = {"image": rng.integers(0, 256, (n, size, size, channels), np.uint8),
+           "label": np.arange(n) % 10}
+  if "text" in config.input:
+    batch["text"] = rng.integers(3, 200, (n, config.input.text.max_len), np.int32)
+  return batch
+
+
 def toy_task_data(n_train=80, n_val=20, n_test=40, num_classes=4, dim=8, nan=False):
   """A `TaskData` whose extractor reads the label back from pixel 0 (features: a
   scaled one-hot, one noise column, zeros), optionally all NaN."""

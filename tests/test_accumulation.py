@@ -7,9 +7,8 @@ import pytest
 
 from tandem import parallel
 from tandem import train_state
-from tandem.ssl import objectives
 
-from conftest import ROOT, load_config
+from conftest import ROOT, init_objective, load_config, random_batch
 
 # Batch-norm-free models (the CNN with norm="none", MAE's ViT; no BatchNorm in
 # the projectors), where the accumulated gradient must equal the whole batch's.
@@ -25,20 +24,9 @@ def _setup(name):
     config.model.norm = "none"
   if name in ("barlow_twins", "simclr"):
     config[name].projector_norm = "none"
-  objective = objectives.get_objective(config.objective)
-  net = objective.make_model(config)
-  inputs = objective.init_inputs(config)
-  variables = dict(jax.jit(lambda key: net.init(key, *inputs, train=False))(
-      jax.random.key(0)))
-  params = variables.pop("params")
-  rng = np.random.default_rng(0)
-  size, channels = config.input.image_size, config.input.channels
-  batch = {"image": rng.integers(0, 256, (16, size, size, channels), np.uint8),
-           "label": np.arange(16) % 10}
-  if "text" in config.input:
-    batch["text"] = rng.integers(3, 200, (16, config.input.text.max_len), np.int32)
+  objective, net, params, variables = init_objective(config)
   return (objective.make_loss_fn(net, config), objective.make_stages(net, config),
-          params, variables, batch)
+          params, variables, random_batch(config))
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -9,10 +9,9 @@ import pytest
 
 from tandem import optimizers
 from tandem import train_state
-from tandem.ssl import objectives
 
 from configs import common
-from conftest import ROOT, load_config
+from conftest import ROOT, init_objective, load_config, random_batch
 
 FIXED_VIEW = common.view(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0)
 
@@ -30,23 +29,8 @@ def _setup(name, model, precision, **fields):
   config.precision = precision
   for key, value in fields.items():
     config[key] = value
-  objective = objectives.get_objective(config.objective)
-  net = objective.make_model(config)
-  inputs = objective.init_inputs(config)
-  variables = dict(jax.jit(lambda key: net.init(key, *inputs, train=False))(
-      jax.random.key(0)))
-  params = variables.pop("params")
+  objective, net, params, variables = init_objective(config)
   return config, net, params, variables, objective.make_loss_fn(net, config)
-
-
-def _batch(config, n=16):
-  rng = np.random.default_rng(0)
-  size, channels = config.input.image_size, config.input.channels
-  batch = {"image": rng.integers(0, 256, (n, size, size, channels), np.uint8),
-           "label": np.arange(n) % 10}
-  if "text" in config.input:
-    batch["text"] = rng.integers(3, 200, (n, config.input.text.max_len), np.int32)
-  return batch
 
 
 @pytest.mark.parametrize("name,model", CASES, ids=[c[0] for c in CASES])
@@ -55,7 +39,7 @@ def test_bf16_loss_at_init_is_close_to_float32_and_params_stay_float32(name, mod
   for precision in ("float32", "bfloat16"):
     config, _, params, state, loss_fn = _setup(name, model, precision)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params)), precision
-    loss, (_, new_state) = jax.jit(loss_fn)(params, state, _batch(config),
+    loss, (_, new_state) = jax.jit(loss_fn)(params, state, random_batch(config),
                                             jax.random.key(1))
     assert loss.dtype == jnp.float32
     # Batch statistics stay float32 too.
@@ -91,7 +75,7 @@ def _step_text(precision):
   tx, lr = optimizers.make_optimizer(config)
   state = train_state.create(params, tx, state, 0)
   step = jax.jit(train_state.make_step(loss_fn, tx, lr_schedule=lr))
-  return step.lower(params, state, _batch(config)).as_text()
+  return step.lower(params, state, random_batch(config)).as_text()
 
 
 def test_compiled_step_has_bf16_dots_and_convs_only_when_asked():
@@ -117,7 +101,7 @@ def test_short_bf16_training_reduces_the_loss_like_float32():
     tx, lr = optimizers.make_optimizer(config)
     state = train_state.create(params, tx, state, 0)
     step = jax.jit(train_state.make_step(loss_fn, tx, lr_schedule=lr))
-    batch, losses = _batch(config, 32), []
+    batch, losses = random_batch(config, 32), []
     for _ in range(8):
       params, state, metrics = step(params, state, batch)
       losses.append(float(metrics["loss"]))
