@@ -10,8 +10,10 @@ evaluators can treat them on their own. The state is a dict of arrays:
                   run draws what the uninterrupted one would have
   nonfinite_step  int32, the first step whose loss was NaN/Inf, or -1
 
-`make_step` builds the update that every loop jits; `check_finite` turns a
-non-finite loss into an error that names the first bad step.
+`make_step` builds the update that every loop jits (with `accumulate` for exact
+gradient accumulation over micro-batches); `check_finite` turns a non-finite loss
+into an error that names the first bad step; `resource_report` says what a
+compiled step needs per device.
 """
 from __future__ import annotations
 
