@@ -265,13 +265,15 @@ def load_split(task: Task, split: str, *, data_dir: str | None = None,
   prepared data or a label falls outside [0, num_classes).
   """
   tfds_split = task.splits.get(split, split)
-  _builder(task, data_dir)  # not prepared: the error names the task's command
   try:
     images, label_ids = input_pipeline.load_arrays(
         task.dataset, tfds_split, data_dir=data_dir, image_size=image_size,
         channels=channels, label=task.label, image_key=task.image_key,
         pixel_scale=_PIXEL_SCALE.get(task.dataset.split(":")[0].split("/")[0], 1),
         num_threads=_NUM_THREADS)
+  except input_pipeline.DatasetNotPreparedError:
+    _builder(task, data_dir)  # Raises the error that names the task's command.
+    raise
   except ValueError as e:
     raise ValueError(f"Task {task.name}, split {split!r} ({task.dataset}"
                      f" {tfds_split}): {e}") from e
