@@ -170,27 +170,38 @@ def _per_device_bytes(tree) -> int:
              if hasattr(x, "addressable_shards"))
 
 
-def resource_report(compiled, params, state) -> dict[str, float]:
+def resource_report(lowered, compiled, params, state) -> dict[str, float]:
   """What a run needs per device, before it starts: parameters (count and MB on one
-  device), optimizer state MB, and for the compiled step XLA's memory analysis
-  (arguments, outputs, temporaries, peak where XLA reports it) and cost analysis
-  (FLOPs per step, over all devices)."""
+  device), optimizer state MB, XLA's memory analysis of the `compiled` step
+  (arguments, outputs, the part of the outputs aliased to donated arguments,
+  temporaries, peak where XLA reports it) and the FLOPs per step (over all devices)
+  from the cost analysis of the `lowered`, not yet optimised, step: on GPUs the
+  optimised module's analysis leaves out most matmuls and convolutions, which
+  became library calls (cuBLAS, cuDNN), so it is not used (BENCHMARKS.md)."""
   mb = lambda n: float(n) / 2**20
   out = {"params": float(sum(np.size(x) for x in jax.tree.leaves(params))),
          "params_mb_per_device": mb(_per_device_bytes(params)),
          "opt_state_mb_per_device": mb(_per_device_bytes(state["opt_state"]))}
   memory = compiled.memory_analysis()
   if memory is not None:
-    for key in ("argument", "output", "temp", "peak_memory"):
+    for key in ("argument", "output", "alias", "temp", "peak_memory"):
       value = getattr(memory, f"{key}_size_in_bytes" if key != "peak_memory"
                       else "peak_memory_in_bytes", None)
       if value:
         out[f"step_{key.replace('_memory', '')}_mb_per_device"] = mb(value)
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  if cost and "flops" in cost:
-    out["step_flops"] = float(cost["flops"])
+  flops = step_flops(lowered)
+  if flops is not None:
+    out["step_flops"] = flops
   return out
+
+
+def step_flops(lowered) -> float | None:
+  """FLOPs of a lowered step from XLA's cost analysis of the not yet optimised
+  module, or None where the backend gives none (the GPU backend in jax 0.11); the
+  module is the same on every backend, so a CPU's count holds for a GPU's run."""
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"]) if cost and "flops" in cost else None
 
 
 def format_report(report: dict[str, float]) -> str:

@@ -44,12 +44,13 @@ def _run(model, preset, devices, steps=3):
   batch = parallel.global_batch(
       {"image": rng.integers(0, 256, (16, 28, 28, 1), np.uint8),
        "label": np.arange(16) % 10}, mesh)
-  compiled = step.lower(params, state, batch).compile()
+  lowered = step.lower(params, state, batch)
+  compiled = lowered.compile()
   losses = []
   for _ in range(steps):
     params, state, metrics = compiled(params, state, batch)
     losses.append(float(metrics["loss"]))
-  report = train_state.resource_report(compiled, params, state)
+  report = train_state.resource_report(lowered, compiled, params, state)
   return losses, jax.device_get(params), params_sharding, report
 
 

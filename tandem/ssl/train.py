@@ -271,8 +271,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       while step < config.total_steps:
         batch = parallel.global_batch(next(train_iter), mesh)
         if step == first_step:  # Compiled ahead, to report what it needs.
-          train_step = train_step.lower(params, state, batch).compile()
-          resources = train_state.resource_report(train_step, params, state)
+          lowered = train_step.lower(params, state, batch)
+          train_step = lowered.compile()
+          resources = train_state.resource_report(lowered, train_step, params, state)
           progress.message(train_state.format_report(resources))
           if jax.process_index() == 0:
             with open(os.path.join(workdir, "resources.json"), "w") as f:
