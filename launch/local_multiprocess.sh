@@ -6,6 +6,10 @@
 #
 # Each process gets DEVICES_PER_PROCESS fake CPU devices (default 1). Process 0's
 # output goes to the terminal, the others' to WORKDIR/process_<i>.log.
+# If a process dies, the others stop within --heartbeat_timeout_s (JAX's
+# coordination service aborts them); this script then says which process failed
+# first and exits non-zero. Running the same command again resumes from the last
+# checkpoint in WORKDIR.
 set -euo pipefail
 num=${1:?usage: $0 NUM_PROCESSES --config ... --workdir DIR [flags]}
 shift
@@ -30,5 +34,31 @@ status=0
 XLA_FLAGS="--xla_force_host_platform_device_count=$per" JAX_PLATFORMS=cpu \
   python -m tandem.ssl.train "$@" --coordinator_address="127.0.0.1:$port" \
   --num_processes="$num" --process_id=0 || status=$?
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+codes=("$status")
+for pid in "${pids[@]}"; do
+  code=0
+  wait "$pid" || code=$?
+  codes+=("$code")
+  if [ "$code" != 0 ]; then status=$code; fi
+done
+if [ "$status" != 0 ]; then
+  describe() {  # An exit status in words.
+    case $1 in
+      0) echo "finished";;
+      134) echo "aborted (134): JAX stopped it because another process died";;
+      137) echo "killed (137, SIGKILL: out of memory, or killed by hand)";;
+      *) if [ "$1" -gt 128 ]; then echo "stopped by signal $(($1 - 128)) ($1)";
+         else echo "failed with exit status $1"; fi;;
+    esac
+  }
+  {
+    echo "local_multiprocess.sh: the run did not finish:"
+    for i in "${!codes[@]}"; do
+      log="the terminal"; [ "$i" -gt 0 ] && log="${workdir:-.}/process_$i.log"
+      echo "  process $i $(describe "${codes[$i]}"); its output: $log"
+    done
+    echo "Run the same command again to resume from the last checkpoint in" \
+         "${workdir:-.}."
+  } >&2
+fi
 exit "$status"

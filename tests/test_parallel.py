@@ -1,7 +1,11 @@
 """Mesh construction, partition rules, FSDP-sharded training == data parallel, and
 several processes training together over 127.0.0.1."""
+import json
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -12,6 +16,8 @@ import tandem
 from tandem import parallel
 from tandem.ssl import train
 from conftest import bt_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_mesh_from_config():
@@ -57,35 +63,103 @@ def test_fsdp_sharded_training_equals_data_parallel(tiny_data_dir, tmp_path):
   assert P(None, "fsdp") in {s.spec for s in jax.tree.leaves(specs["projector"])}
 
 
-def test_two_processes_on_localhost_train_together(tiny_data_dir, tmp_path):
-  """The multi-host path: 2 processes x 2 devices, gloo collectives over 127.0.0.1,
-  then resumed by one process."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  workdir = tmp_path / "run"
+def _losses(workdir):
+  return {r["step"]: r["loss"] for r in map(json.loads, open(workdir / "metrics.jsonl"))
+          if "loss" in r}
+
+
+def _assert_same_params(a, b):
+  a, b = (jax.device_get(tandem.load(str(d)).params) for d in (a, b))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+               a, b)
+
+
+def test_two_processes_equal_one_and_restore_on_any_topology(tiny_data_dir, tmp_path):
+  """2 processes x 4 devices (gloo over 127.0.0.1) train like 1 process x 8 devices;
+  their checkpoint loads on one device and resumes on other meshes and process
+  counts (fsdp over 8 -> data over 8 -> fsdp over 4), data stream included
+  (docs/PROTOCOLS.md, "Data order")."""
+  fsdp = {"sharding": "fsdp", "fsdp_min_size_mb": 0.0}  # Shard even tiny arrays.
+  workdir, single = tmp_path / "two_processes", tmp_path / "one_process"
   proc = subprocess.run(
       ["bash", "launch/local_multiprocess.sh", "2",
        "--config", "configs/ssl/barlow_twins.py:runlocal",
        f"--config.data_dir={tiny_data_dir}", "--config.total_steps=3",
-       "--workdir", str(workdir)],
-      cwd=root, capture_output=True, text=True, timeout=300,
-      env={**os.environ, "DEVICES_PER_PROCESS": "2"})
+       "--config.log_every=1", "--config.sharding=fsdp",
+       "--config.fsdp_min_size_mb=0", "--workdir", str(workdir)],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "DEVICES_PER_PROCESS": "4"})
   assert proc.returncode == 0, proc.stdout + proc.stderr + (
       workdir / "process_1.log").read_text()
   assert "step 3/3" in proc.stdout
+  train.train(bt_config(tiny_data_dir, total_steps=3, log_every=1, **fsdp),
+              str(single))
+  two, one = _losses(workdir), _losses(single)
+  assert sorted(two) == [1, 2, 3] and len(set(two.values())) == 3
+  np.testing.assert_allclose([two[s] for s in one], list(one.values()), rtol=1e-5)
+
+  # Loads in this process on one device, whatever mesh wrote it.
   model = tandem.load(str(workdir))
   assert model.step == 3
-  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(
-      jax.device_get(model.params)))
+  assert {d for x in jax.tree.leaves(model.params) for d in x.sharding.device_set} \
+      == {jax.local_devices()[0]}
+  _assert_same_params(workdir, single)
 
-  # One process resumes the two processes' run: the data stream, a global batch
-  # number, and the arrays carry over, so 3 + 2 steps equal the same schedule run
-  # by one process throughout (docs/PROTOCOLS.md, "Data order").
-  single = tmp_path / "single"
-  train.train(bt_config(tiny_data_dir, total_steps=3), str(single))
+  # One process resumes the two processes' run with data parallelism over 8
+  # devices: arrays, step and data stream carry over.
   for run in (workdir, single):
-    train.train(bt_config(tiny_data_dir, total_steps=5, allow_config_change=True),
-                str(run))
-  resumed, reference = (jax.device_get(tandem.load(str(d)).params)
-                        for d in (workdir, single))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               resumed, reference)
+    train.train(bt_config(tiny_data_dir, total_steps=5, sharding="dp",
+                          allow_config_change=True), str(run))
+  _assert_same_params(workdir, single)
+
+  # Then on 4 devices, FSDP again: a fresh process with a different device count.
+  proc = subprocess.run(
+      [sys.executable, "-m", "tandem.ssl.train",
+       "--config", "configs/ssl/barlow_twins.py:runlocal",
+       f"--config.data_dir={tiny_data_dir}", "--config.total_steps=7",
+       "--config.sharding=fsdp", "--config.fsdp_min_size_mb=0",
+       "--config.allow_config_change=True", "--workdir", str(workdir)],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "over 4 devices in 1 process" in proc.stdout, proc.stdout + proc.stderr
+  train.train(bt_config(tiny_data_dir, total_steps=7, allow_config_change=True,
+                        **fsdp), str(single))
+  _assert_same_params(workdir, single)
+
+
+def test_a_dead_process_stops_the_others_with_a_clear_error(tiny_data_dir, tmp_path):
+  """SIGKILL one of 2 training processes: the survivor stops within the heartbeat
+  timeout instead of waiting forever in a collective, and the launcher says which
+  process died and how to resume."""
+  workdir = tmp_path / "run"
+  launcher = subprocess.Popen(
+      ["bash", "launch/local_multiprocess.sh", "2",
+       "--config", "configs/ssl/barlow_twins.py:runlocal",
+       f"--config.data_dir={tiny_data_dir}", "--config.total_steps=100000",
+       "--config.log_every=1", "--heartbeat_timeout_s=10", "--workdir", str(workdir)],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      start_new_session=True, env={**os.environ, "DEVICES_PER_PROCESS": "2"})
+  try:
+    deadline = time.time() + 240
+    while not (workdir / "metrics.jsonl").exists():  # Both processes are stepping.
+      assert launcher.poll() is None and time.time() < deadline, \
+          launcher.communicate(timeout=60)
+      time.sleep(0.5)
+    pid = subprocess.run(["pgrep", "-f", f"{workdir} .*--process_id=1"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert len(pid) == 1, pid
+    os.kill(int(pid[0]), signal.SIGKILL)
+    killed = time.time()
+    out, err = launcher.communicate(timeout=120)
+    stopped = time.time() - killed
+  finally:
+    if launcher.poll() is None:
+      os.killpg(launcher.pid, signal.SIGKILL)
+  assert launcher.returncode != 0
+  assert stopped < 10 + 30, stopped  # The heartbeat timeout, plus reporting.
+  assert "another task died" in err, err  # JAX's own message, from process 0.
+  assert "process 0 aborted (134): JAX stopped it because another process died" \
+      in err, err
+  assert "process 1 killed (137" in err and "Run the same command again" in err, err

@@ -30,6 +30,7 @@ checkpoint stays the last good one.
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -222,6 +223,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                      first_step)
   evals = periodic.PeriodicEvals(config, data_dir=data_dir, mesh=mesh)
   results = {}
+  progress.message(
+      f"Mesh {', '.join(f'{k}={v}' for k, v in mesh.shape.items())} over "
+      f"{mesh.size} devices in {jax.process_count()} process(es).")
   if resumed_step is not None:
     progress.message(f"Resumed from step {resumed_step} in {workdir}.")
   if accum > 1:
@@ -330,6 +334,13 @@ def _define_flags():
   flags.DEFINE_bool("distributed", False,
                     "Call jax.distributed.initialize() with the cluster's own "
                     "settings (TPU pods, SLURM).")
+  flags.DEFINE_integer("heartbeat_timeout_s", 60,
+                       "Multi-process: a process that sends no heartbeat for this "
+                       "long is dead, and every other process stops with an error "
+                       "that says so (JAX's coordination service aborts them) "
+                       "instead of waiting for it forever in a collective.")
+  flags.DEFINE_integer("init_timeout_s", 300,
+                       "Multi-process: how long to wait for every process to join.")
 
 
 def _parse_flags(argv):
@@ -343,12 +354,18 @@ def main(argv):
   del argv
   if not FLAGS["verbosity"].present:  # Orbax and TFDS are chatty at INFO.
     logging.set_verbosity(logging.WARNING)
+  timeouts = dict(heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s,
+                  initialization_timeout=FLAGS.init_timeout_s)
+  if FLAGS.coordinator_address or FLAGS.distributed:
+    # A peer's death aborts this process from C++ (no Python exception): print the
+    # Python stack beside JAX's message, which names the dead process.
+    faulthandler.enable()
   if FLAGS.coordinator_address:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                               FLAGS.process_id)
+                               FLAGS.process_id, **timeouts)
   elif FLAGS.distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
   if FLAGS.config is None or FLAGS.workdir is None:
     sys.exit("Usage: python -m tandem.ssl.train --config FILE[:ARG] --workdir DIR")
   try:
