@@ -29,5 +29,6 @@ demo: install fashion-mnist
 	  --config.data_dir=$(DATA_DIR) --config.evals.linear_probe.baselines=True \
 	  --workdir $(WORKDIR)
 
+# Two workers: compiling dominates the suite, and XLA compiles on one core.
 test: install-test
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n 2 --dist worksteal tests

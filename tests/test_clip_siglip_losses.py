@@ -95,7 +95,7 @@ def test_sharded_loss_and_grads_equal_single_device(name):
   config = load_config(name)
   module = importlib.import_module(f"tandem.ssl.{name}")
   model = module.make_model(config)
-  variables = dict(model.init(jax.random.key(0), *module.init_inputs(config)))
+  variables = dict(jax.jit(model.init)(jax.random.key(0), *module.init_inputs(config)))
   params = variables.pop("params")
   loss_fn = module.make_loss_fn(model, config)
   rng = np.random.default_rng(0)

@@ -96,7 +96,7 @@ def test_sharded_loss_and_grads_equal_single_device():
   model = mae.make_model(config)
   loss_fn = mae.make_loss_fn(model, config)
   images = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), np.uint8)
-  variables = model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
   params = variables.pop("params")
 
   def run(mesh):
@@ -117,12 +117,13 @@ def test_model_with_given_mask_equals_drawn_mask():
   config = mae_config.get_config("runlocal")
   model = mae.make_model(config)
   images = jnp.asarray(np.random.default_rng(4).normal(size=(3, 28, 28, 1)))
-  variables = model.init(jax.random.key(0), images)
-  drawn = model.apply(variables, images, mask_rng=jax.random.key(5))
+  variables = jax.jit(model.init)(jax.random.key(0), images)
+  apply = jax.jit(model.apply)
+  drawn = apply(variables, images, mask_rng=jax.random.key(5))
   keep, mask, restore = mae.random_masking(jax.random.key(5), 3, 49, 0.75)
-  given = model.apply(variables, images, keep_idx=keep, restore_idx=restore)
+  given = apply(variables, images, keep_idx=keep, restore_idx=restore)
   np.testing.assert_array_equal(given["mask"], mask)
-  np.testing.assert_allclose(given["pred"], drawn["pred"], rtol=1e-6)
+  np.testing.assert_allclose(given["pred"], drawn["pred"], rtol=1e-5, atol=1e-6)
   assert drawn["pred"].shape == (3, 49, 16) and drawn["tokens"].shape == (3, 12, 32)
 
 
@@ -208,7 +209,7 @@ def test_reconstruction_grid_pastes_visible_patches(tiny_data_dir):
   settings = config.evals.reconstruction
   data = mae.load_data(settings, config, tiny_data_dir)
   model = mae.make_model(config)
-  variables = model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
   evaluated = protocol.Model(config, variables)
   record, = mae.evaluate_task(data, settings, evaluated)
   grid = mae.images(data, settings, evaluated)["mae/reconstruction"]

@@ -27,7 +27,7 @@ def test_sharded_loss_grads_and_batch_stats_equal_single_device(objective, model
   model_def = module.make_model(config)
   loss_fn = module.make_loss_fn(model_def, config)
   images = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), np.uint8)
-  variables = model_def.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
+  variables = jax.jit(model_def.init)(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
   params = variables.pop("params")
   rng = jax.random.key(3)
 
