@@ -5,7 +5,7 @@ DATA_DIR ?= $(or $(TANDEM_DATA_DIR),$(HOME)/tensorflow_datasets)
 WORKDIR ?= workdirs/demo_barlow_twins
 FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install install-test fashion-mnist demo test bench
+.PHONY: install install-test fashion-mnist slurm demo test bench
 
 install:
 	$(PIP) install -q -e ".[cpu]"
@@ -29,6 +29,18 @@ demo: install fashion-mnist
 	  --config.data_dir=$(DATA_DIR) --config.evals.linear_probe.baselines=True \
 	  --workdir $(WORKDIR)
 
+# SLURM's daemons and client for the tests against a real single-host cluster
+# (tests/slurm_cluster.py starts them as plain processes; nothing is configured
+# system-wide). Without root the SLURM tests are skipped and say why.
+slurm:
+	@if ! command -v slurmctld >/dev/null || ! command -v sbatch >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q slurmctld slurmd slurm-client || \
+	     (apt-get update -q && apt-get install -y -q slurmctld slurmd slurm-client)) \
+	      >/dev/null; \
+	  else echo "SLURM is not installed (needs root and apt-get): its tests will be skipped."; fi; \
+	fi
+
 # Two workers: compiling dominates the suite, and XLA compiles on one core.
-test: install-test
+test: install-test slurm
 	$(PYTHON) -m pytest -q -n 2 --dist worksteal tests

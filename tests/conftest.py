@@ -58,6 +58,19 @@ def prepare_tiny_captioned_shapes(data_dir) -> str:
 
 
 @pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+  """A real single-host SLURM cluster (tests/slurm_cluster.py), stopped at the end;
+  the test is skipped, saying why, where one cannot run."""
+  import slurm_cluster  # pylint: disable=g-import-not-at-top
+  reason = slurm_cluster.missing_reason()
+  if reason:
+    pytest.skip(reason)
+  cluster = slurm_cluster.Cluster(str(tmp_path_factory.mktemp("slurm"))).start()
+  yield cluster
+  cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
   """A data dir holding a small `fashion_mnist` built by the project's builder."""
   return prepare_fake_fashion_mnist(tmp_path_factory.mktemp("idx"),

@@ -93,5 +93,7 @@ def test_configs_import_only_configs_and_config_helpers():
   configs = _modules(pathlib.Path(ROOT) / "configs", "configs")
   for module, path in configs.items():
     imported = _imports(path, "tandem")
-    assert imported <= {"tandem.config_arg", "tandem.config_arg.parse_arg"}, (
+    assert imported <= {"tandem.config_arg", "tandem.config_arg.parse_arg",
+                        "tandem.hyper.product", "tandem.hyper.zipped",
+                        "tandem.hyper.concat"}, (
         module, imported)

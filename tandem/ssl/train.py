@@ -41,7 +41,9 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 import optax
 
 from tandem import checkpoint
@@ -125,6 +127,18 @@ class _StopSignal:
       except ValueError:  # Not the main thread: signals stay with the caller.
         pass
     return self
+
+  def requested(self, step: int, every: int) -> bool:
+    """Whether to stop after `step`. With several processes they must stop at the
+    same step, so the signal (each process gets its own, at slightly different
+    times) is shared with a small all-gather every `every` steps."""
+    if jax.process_count() == 1:
+      return self.signum is not None
+    if step % every:
+      return False
+    signums = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    self.signum = self.signum or int(np.max(signums)) or None
+    return self.signum is not None
 
   def _handle(self, signum, frame):
     del frame
@@ -292,7 +306,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
           last_metrics["images_per_sec"] = progress.update(
               step, float(last_metrics["loss"]))
           writer.write(step, last_metrics)
-        if stop.signum is not None:
+        if stop.requested(step, config.log_every):
           save(step, params, state)
           progress.message(f"Stopped by signal {stop.signum} at step {step}; "
                            f"checkpoint saved in {workdir}. Run the same command "
@@ -360,8 +374,10 @@ def main(argv):
     # A peer's death aborts this process from C++ (no Python exception): print the
     # Python stack beside JAX's message, which names the dead process.
     faulthandler.enable()
-  if FLAGS.coordinator_address:
+  if FLAGS.coordinator_address or FLAGS.distributed:
+    # Cross-process collectives for CPU devices (GPUs and TPUs bring their own).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id, **timeouts)
   elif FLAGS.distributed:

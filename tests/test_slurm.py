@@ -1,0 +1,80 @@
+"""Pretraining under a real SLURM (tests/slurm_cluster.py): 2 tasks started by
+`srun` and by `sbatch launch/slurm.sbatch` train together through
+`jax.distributed.initialize()` reading SLURM's environment, like one process does;
+a job stopped by SIGTERM checkpoints, requeues itself and resumes to the same
+parameters as an uninterrupted run."""
+import time
+
+import jax
+import numpy as np
+
+import tandem
+from tandem.ssl import train
+from conftest import ROOT, bt_config
+
+STEPS = 12
+# Each task: 2 fake CPU devices, so 2 tasks give a 4-device mesh over 2 processes.
+TASK_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "JAX_PLATFORMS": "cpu"}
+
+
+def _train_args(data_dir, workdir):
+  return ["--config", "configs/ssl/barlow_twins.py:runlocal",
+          f"--config.data_dir={data_dir}", f"--config.total_steps={STEPS}",
+          "--config.log_every=1", "--workdir", str(workdir)]
+
+
+def _assert_same_params(a, b):
+  a, b = (jax.device_get(tandem.load(str(d)).params) for d in (a, b))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+               a, b)
+
+
+def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
+    slurm, tiny_data_dir, tmp_path):
+  cluster = slurm
+  env = {**cluster.env, **TASK_ENV}
+  reference = tmp_path / "one_process"
+  train.train(bt_config(tiny_data_dir, total_steps=STEPS, log_every=1),
+              str(reference))
+
+  # srun: 2 tasks, the coordinator and process ids from SLURM's environment.
+  with_srun = tmp_path / "srun"
+  proc = cluster.run(
+      "srun", "-n", "2", "-K", "--time=5", "python", "-m", "tandem.ssl.train",
+      *_train_args(tiny_data_dir, with_srun), "--distributed",
+      env=env, cwd=ROOT, check=False, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr + cluster.logs()
+  assert "over 4 devices in 2 process(es)" in proc.stdout, proc.stdout
+  _assert_same_params(with_srun, reference)
+
+  # sbatch, then SIGTERM to the tasks mid-run (what preemption and the time
+  # limit's --signal send): checkpoint, requeue, resume.
+  with_sbatch = tmp_path / "sbatch"
+  job = cluster.run(
+      "sbatch", "--parsable", "-n", "2", "--time=10",
+      f"--output={tmp_path}/sbatch.out", "launch/slurm.sbatch",
+      *_train_args(tiny_data_dir, with_sbatch), env=env, cwd=ROOT,
+      timeout=60).stdout.strip()
+  deadline = time.time() + 240
+  while not (with_sbatch / "metrics.jsonl").exists():  # Stepping by now.
+    assert time.time() < deadline and cluster.job_state(job), (
+        open(f"{tmp_path}/sbatch.out").read() + cluster.logs())
+    time.sleep(0.2)
+  cluster.run("scancel", "--signal=TERM", job)
+  requeued = False
+  while cluster.job_state(job):
+    assert time.time() < deadline, open(f"{tmp_path}/sbatch.out").read()
+    if cluster.job_state(job) == "PENDING" and not requeued:
+      # A requeued job waits ~2 min (its begin time); let it start now.
+      cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now",
+                  check=False)
+      requeued = True
+    time.sleep(0.5)
+  batch_log = open(f"{tmp_path}/sbatch.out").read()
+  task_0 = open(with_sbatch / "slurm" / f"job_{job}.task_0.log").read()
+  assert f"requeueing job {job}" in batch_log, batch_log
+  assert "(restart 1)" in batch_log, batch_log
+  assert "Stopped by signal 15" in task_0 and "Resumed from step" in task_0, task_0
+  assert tandem.load(str(with_sbatch)).step == STEPS
+  _assert_same_params(with_sbatch, reference)
