@@ -381,7 +381,12 @@ def main(argv):
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id, **timeouts)
   elif FLAGS.distributed:
-    jax.distributed.initialize(**timeouts)
+    # JAX detects SLURM, Cloud TPU and Kubernetes by itself. Elsewhere, the
+    # environment may give JAX_COORDINATOR_ADDRESS (read by JAX) with
+    # JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    env = lambda key: int(os.environ[key]) if key in os.environ else None
+    jax.distributed.initialize(num_processes=env("JAX_NUM_PROCESSES"),
+                               process_id=env("JAX_PROCESS_ID"), **timeouts)
   if FLAGS.config is None or FLAGS.workdir is None:
     sys.exit("Usage: python -m tandem.ssl.train --config FILE[:ARG] --workdir DIR")
   try:

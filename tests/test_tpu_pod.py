@@ -1,0 +1,90 @@
+"""launch/tpu_pod.sh through a fake `gcloud` (tests/fake_gcloud/gcloud) that
+records each call and runs `ssh --worker=all` commands as local processes: the
+exact gcloud command lines, and 2 workers that really train together."""
+import json
+import os
+import shlex
+import subprocess
+
+import jax
+import numpy as np
+
+import tandem
+from tandem.ssl import train
+from conftest import ROOT, bt_config
+
+FAKE = os.path.join(ROOT, "tests", "fake_gcloud")
+
+
+def _launch(tmp_path, *args, install=None):
+  env = {**os.environ, "PATH": FAKE + os.pathsep + os.environ["PATH"],
+         "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud.jsonl"),
+         "FAKE_TPU_ROOT": str(tmp_path / "tpus")}
+  if install:
+    env["TANDEM_TPU_INSTALL"] = install
+  os.makedirs(tmp_path / "tpus", exist_ok=True)
+  return subprocess.run(["bash", "launch/tpu_pod.sh", "--name", "pod", "--zone",
+                         "us-central2-b", "--accelerator", "v4-16", *args],
+                        cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=400)
+
+
+def _calls(tmp_path):
+  path = tmp_path / "gcloud.jsonl"
+  return [json.loads(l) for l in open(path)] if path.exists() else []
+
+
+def test_dry_run_prints_every_command_and_runs_none(tmp_path):
+  proc = _launch(tmp_path, "--data_dir", "gs://bucket/tfds", "--prepare",
+                 "fashion_mnist", "--dry_run", "--", "--config",
+                 "configs/ssl/mae_imagenet.py:model=vit_b", "--workdir",
+                 "gs://bucket/runs/mae")
+  assert proc.returncode == 0, proc.stderr
+  assert [c[3] for c in _calls(tmp_path)] == ["describe"]  # Read-only.
+  lines = [shlex.split(l) for l in proc.stdout.splitlines() if l.startswith("gcloud")]
+  tpu = ["gcloud", "compute", "tpus", "tpu-vm"]
+  assert lines[0] == tpu + ["create", "pod", "--zone", "us-central2-b",
+                            "--accelerator-type", "v4-16",
+                            "--version", "tpu-ubuntu2204-base"]
+  assert lines[1][:5] == tpu + ["scp"] and lines[1][5].endswith("/tandem.tar.gz")
+  assert lines[1][6:] == ["pod:tandem.tar.gz", "--zone", "us-central2-b",
+                          "--worker=all"]
+  setup, prepare, run = lines[2:]
+  assert setup[4:9] == ["ssh", "pod", "--zone", "us-central2-b", "--worker=all"]
+  assert "pip install -q -e ~/tandem 'jax[tpu]'" in setup[-1]
+  assert prepare[8] == "--worker=0" and prepare[-1].endswith(
+      "-m tandem.data.prepare --dataset fashion_mnist --data_dir gs://bucket/tfds")
+  assert run[8] == "--worker=all" and run[-1] == (
+      "cd ~/tandem && ~/tandem_venv/bin/python -m tandem.ssl.train --config "
+      "configs/ssl/mae_imagenet.py:model=vit_b --workdir gs://bucket/runs/mae "
+      "--config.data_dir=gs://bucket/tfds --distributed")
+  bad = _launch(tmp_path, "--prepare", "x", "--", "--workdir", "w")
+  assert bad.returncode == 2 and "--prepare needs --data_dir" in bad.stderr
+
+
+def test_two_workers_train_together_like_one_process(tiny_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  proc = _launch(tmp_path, "--data_dir", tiny_data_dir, "--",
+                 "--config", "configs/ssl/barlow_twins.py:runlocal",
+                 "--config.total_steps=3", "--workdir", str(workdir),
+                 install="python3 -m venv --system-site-packages ~/tandem_venv")
+  worker_1 = tmp_path / "tpus" / "pod" / "worker_1" / "ssh.log"
+  assert proc.returncode == 0, proc.stdout + proc.stderr + (
+      worker_1.read_text() if worker_1.exists() else "")
+  verbs = [c[3] for c in _calls(tmp_path)]
+  assert verbs == ["describe", "create", "scp", "ssh", "ssh"]
+  assert "over 4 devices in 2 process(es)" in proc.stdout, proc.stdout
+  # The workers ran the copied code from their own home folders.
+  assert (tmp_path / "tpus" / "pod" / "worker_1" / "tandem" / "tandem" /
+          "ssl" / "train.py").exists()
+  reference = tmp_path / "one_process"
+  train.train(bt_config(tiny_data_dir, total_steps=3), str(reference))
+  a, b = (jax.device_get(tandem.load(str(d)).params) for d in (workdir, reference))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+               a, b)
+
+  # A second launch reuses the VM: describe finds it, nothing is created.
+  again = _launch(tmp_path, "--dry_run", "--", "--workdir", str(workdir))
+  assert again.returncode == 0 and "Reusing TPU VM pod" in again.stdout
+  assert "create" not in again.stdout
+  assert [c[3] for c in _calls(tmp_path)][len(verbs):] == ["describe"]
