@@ -92,6 +92,19 @@ def _add_to_path(directory: str) -> None:
     sys.path.insert(0, directory)
 
 
+def load_file_module(path: str, prefix: str):
+  """The Python file at `path` as a module named `prefix` + its stem, with this
+  checkout on sys.path so that it may import `configs.*` (configs, sweep files)."""
+  checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if os.path.isfile(os.path.join(checkout, "configs", "__init__.py")):
+    _add_to_path(checkout)
+  spec = importlib.util.spec_from_file_location(
+      prefix + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """`get_config(arg)` of the config file named by `spec` ("path/to/config.py:arg";
   without ":arg", `get_config()`), from any working directory.
@@ -120,13 +133,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
           "checkout.")
     module = importlib.import_module(name)
   else:
-    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isfile(os.path.join(checkout, "configs", "__init__.py")):
-      _add_to_path(checkout)
-    module_spec = importlib.util.spec_from_file_location(
-        "_tandem_config_" + os.path.splitext(os.path.basename(path))[0], path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_file_module(path, "_tandem_config_")
   if not hasattr(module, "get_config"):
     raise AttributeError(f"Config file {path} defines no get_config(arg).")
   return module.get_config(*([arg] if arg else []))

@@ -12,11 +12,12 @@ from conftest import ROOT
 # Layer of each module, by longest matching prefix (docs/ARCHITECTURE.md).
 LAYERS = {
     "tandem.models": 0, "tandem.data": 0, "tandem.config_arg": 0,
-    "tandem.random_streams": 0,
+    "tandem.random_streams": 0, "tandem.hyper": 0,
     "tandem.parallel": 1, "tandem.checkpoint": 1, "tandem.train_state": 1,
     "tandem.optimizers": 1, "tandem.metrics_writer": 1,
     "tandem.ssl": 2, "tandem.transfer": 2,
     "tandem.ssl.train": 3, "tandem.transfer.run": 3, "tandem.pretrained": 3,
+    "tandem.launch": 3,
     "tandem": 3,
 }
 PROGRAMS = ("tandem.ssl.train", "tandem.transfer.run")  # Command-line entry points.

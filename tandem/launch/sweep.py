@@ -41,7 +41,6 @@ import concurrent.futures
 import dataclasses
 import datetime
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -68,13 +67,7 @@ def load_sweep(path: str) -> list[dict]:
   dicts with dotted-path string keys."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Sweep file {path} does not exist.")
-  checkout_configs = os.path.join(CHECKOUT, "configs", "__init__.py")
-  if os.path.isfile(checkout_configs) and CHECKOUT not in sys.path:
-    sys.path.insert(0, CHECKOUT)  # Sweep files may import configs.* helpers.
-  spec = importlib.util.spec_from_file_location(
-      "_tandem_sweep_" + os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_arg.load_file_module(path, "_tandem_sweep_")
   if not hasattr(module, "get_sweep"):
     raise AttributeError(f"Sweep file {path} defines no get_sweep().")
   sweep = module.get_sweep()
