@@ -12,7 +12,7 @@ import tandem
 from tandem.ssl import train
 from conftest import ROOT, bt_config
 
-STEPS = 12
+STEPS = 60  # Long enough (~10 s) for the SIGTERM to land mid-run.
 # Each task: 2 fake CPU devices, so 2 tasks give a 4-device mesh over 2 processes.
 TASK_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
             "JAX_PLATFORMS": "cpu"}
@@ -56,16 +56,18 @@ def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
       f"--output={tmp_path}/sbatch.out", "launch/slurm.sbatch",
       *_train_args(tiny_data_dir, with_sbatch), env=env, cwd=ROOT,
       timeout=60).stdout.strip()
-  deadline = time.time() + 240
+  deadline = time.time() + 300
   while not (with_sbatch / "metrics.jsonl").exists():  # Stepping by now.
     assert time.time() < deadline and cluster.job_state(job), (
         open(f"{tmp_path}/sbatch.out").read() + cluster.logs())
     time.sleep(0.2)
   cluster.run("scancel", "--signal=TERM", job)
   requeued = False
-  while cluster.job_state(job):
+  # Until the resumed run has written its results and the job has left the queue
+  # (squeue prints nothing between some of a requeue's states too).
+  while not (with_sbatch / "results.json").exists() or cluster.job_state(job):
     assert time.time() < deadline, open(f"{tmp_path}/sbatch.out").read()
-    if cluster.job_state(job) == "PENDING" and not requeued:
+    if not requeued and cluster.job_state(job) == "PENDING":
       # A requeued job waits ~2 min (its begin time); let it start now.
       cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now",
                   check=False)
