@@ -57,7 +57,8 @@ def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
       *_train_args(tiny_data_dir, with_sbatch), env=env, cwd=ROOT,
       timeout=60).stdout.strip()
   deadline = time.time() + 300
-  while not (with_sbatch / "metrics.jsonl").exists():  # Stepping by now.
+  metrics = with_sbatch / "metrics.jsonl"
+  while not (metrics.exists() and metrics.stat().st_size):  # Stepping by now.
     assert time.time() < deadline and cluster.job_state(job), (
         open(f"{tmp_path}/sbatch.out").read() + cluster.logs())
     time.sleep(0.2)

@@ -113,6 +113,16 @@ def make_init_fn(model, tx, config, init_inputs=None):
   return init
 
 
+def _preemption_noticed(step: int) -> bool:
+  """Whether every process has reached the step JAX's preemption service chose
+  after a SIGTERM (it handles SIGTERM from jax.distributed.initialize until
+  `_StopSignal` takes over); False where that service is off."""
+  try:
+    return multihost_utils.reached_preemption_sync_point(step)
+  except RuntimeError:
+    return False
+
+
 class _StopSignal:
   """Turns SIGTERM/SIGINT into a flag checked between steps."""
 
@@ -134,6 +144,9 @@ class _StopSignal:
     times) is shared with a small all-gather every `every` steps."""
     if jax.process_count() == 1:
       return self.signum is not None
+    if _preemption_noticed(step):  # A SIGTERM from before this handler existed.
+      self.signum = self.signum or signal.SIGTERM
+      return True
     if step % every:
       return False
     signums = multihost_utils.process_allgather(np.int32(self.signum or 0))
