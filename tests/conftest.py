@@ -113,6 +113,16 @@ def bt_config(data_dir, arg="runlocal", **overrides):
   return config
 
 
+def assert_same_params(workdir_a, workdir_b, rtol=1e-4, atol=1e-6):
+  """The last checkpoints' parameters of two training workdirs are equal, loaded
+  with `tandem.load`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import tandem  # pylint: disable=g-import-not-at-top
+  a, b = (jax.device_get(tandem.load(str(d)).params) for d in (workdir_a, workdir_b))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol),
+               a, b)
+
+
 def init_objective(config):
   """(objective, model, params, model_state) of `config`, initialised (jitted:
   op by op, a ViT's init takes seconds)."""

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 import tandem
 from tandem import parallel
 from tandem.ssl import train
-from conftest import bt_config
+from conftest import assert_same_params, bt_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,12 +68,6 @@ def _losses(workdir):
           if "loss" in r}
 
 
-def _assert_same_params(a, b):
-  a, b = (jax.device_get(tandem.load(str(d)).params) for d in (a, b))
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
-               a, b)
-
-
 def test_two_processes_equal_one_and_restore_on_any_topology(tiny_data_dir, tmp_path):
   """2 processes x 4 devices (gloo over 127.0.0.1) train like 1 process x 8 devices;
   their checkpoint loads on one device and resumes on other meshes and process
@@ -103,14 +97,14 @@ def test_two_processes_equal_one_and_restore_on_any_topology(tiny_data_dir, tmp_
   assert model.step == 3
   assert {d for x in jax.tree.leaves(model.params) for d in x.sharding.device_set} \
       == {jax.local_devices()[0]}
-  _assert_same_params(workdir, single)
+  assert_same_params(workdir, single)
 
   # One process resumes the two processes' run with data parallelism over 8
   # devices: arrays, step and data stream carry over.
   for run in (workdir, single):
     train.train(bt_config(tiny_data_dir, total_steps=5, sharding="dp",
                           allow_config_change=True), str(run))
-  _assert_same_params(workdir, single)
+  assert_same_params(workdir, single)
 
   # Then on 4 devices, FSDP again: a fresh process with a different device count.
   proc = subprocess.run(
@@ -126,7 +120,7 @@ def test_two_processes_equal_one_and_restore_on_any_topology(tiny_data_dir, tmp_
   assert "over 4 devices in 1 process" in proc.stdout, proc.stdout + proc.stderr
   train.train(bt_config(tiny_data_dir, total_steps=7, allow_config_change=True,
                         **fsdp), str(single))
-  _assert_same_params(workdir, single)
+  assert_same_params(workdir, single)
 
 
 def test_a_dead_process_stops_the_others_with_a_clear_error(tiny_data_dir, tmp_path):

@@ -5,12 +5,10 @@ a job stopped by SIGTERM checkpoints, requeues itself and resumes to the same
 parameters as an uninterrupted run."""
 import time
 
-import jax
-import numpy as np
 
 import tandem
 from tandem.ssl import train
-from conftest import ROOT, bt_config
+from conftest import ROOT, assert_same_params, bt_config
 
 STEPS = 60  # Long enough (~10 s) for the SIGTERM to land mid-run.
 # Each task: 2 fake CPU devices, so 2 tasks give a 4-device mesh over 2 processes.
@@ -22,12 +20,6 @@ def _train_args(data_dir, workdir):
   return ["--config", "configs/ssl/barlow_twins.py:runlocal",
           f"--config.data_dir={data_dir}", f"--config.total_steps={STEPS}",
           "--config.log_every=1", "--workdir", str(workdir)]
-
-
-def _assert_same_params(a, b):
-  a, b = (jax.device_get(tandem.load(str(d)).params) for d in (a, b))
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
-               a, b)
 
 
 def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
@@ -46,7 +38,7 @@ def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
       env=env, cwd=ROOT, check=False, timeout=300)
   assert proc.returncode == 0, proc.stdout + proc.stderr + cluster.logs()
   assert "over 4 devices in 2 process(es)" in proc.stdout, proc.stdout
-  _assert_same_params(with_srun, reference)
+  assert_same_params(with_srun, reference)
 
   # sbatch, then SIGTERM to the tasks mid-run (what preemption and the time
   # limit's --signal send): checkpoint, requeue, resume.
@@ -80,4 +72,4 @@ def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
   assert "(restart 1)" in batch_log, batch_log
   assert "Stopped by signal 15" in task_0 and "Resumed from step" in task_0, task_0
   assert tandem.load(str(with_sbatch)).step == STEPS
-  _assert_same_params(with_sbatch, reference)
+  assert_same_params(with_sbatch, reference)
