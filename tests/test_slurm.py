@@ -2,13 +2,14 @@
 `srun` and by `sbatch launch/slurm.sbatch` train together through
 `jax.distributed.initialize()` reading SLURM's environment, like one process does;
 a job stopped by SIGTERM checkpoints, requeues itself and resumes to the same
-parameters as an uninterrupted run."""
+parameters as an uninterrupted run, then runs the transfer suite on its checkpoint."""
+import json
 import time
 
 
 import tandem
 from tandem.ssl import train
-from conftest import ROOT, assert_same_params, bt_config
+from conftest import ROOT, assert_same_params, bt_config, prepare_fake_fashion_mnist
 
 STEPS = 60  # Long enough (~10 s) for the SIGTERM to land mid-run.
 # Each task: 2 fake CPU devices, so 2 tasks give a 4-device mesh over 2 processes.
@@ -41,12 +42,18 @@ def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
   assert_same_params(with_srun, reference)
 
   # sbatch, then SIGTERM to the tasks mid-run (what preemption and the time
-  # limit's --signal send): checkpoint, requeue, resume.
+  # limit's --signal send): checkpoint, requeue, resume; then the transfer suite
+  # (k-NN on a Fashion-MNIST with VTAB's 800 + 200 training examples).
+  (tmp_path / "idx_1000").mkdir()
+  transfer_data = prepare_fake_fashion_mnist(tmp_path / "idx_1000", tmp_path / "tfds",
+                                             num_train=1000, num_test=100)
   with_sbatch = tmp_path / "sbatch"
   job = cluster.run(
       "sbatch", "--parsable", "-n", "2", "--time=10",
       f"--output={tmp_path}/sbatch.out", "launch/slurm.sbatch",
-      *_train_args(tiny_data_dir, with_sbatch), env=env, cwd=ROOT,
+      *_train_args(tiny_data_dir, with_sbatch),
+      "--transfer=configs/transfer/vtab.py:fashion_mnist,evaluators=knn,runlocal",
+      f"--transfer.data_dir={transfer_data}", env=env, cwd=ROOT,
       timeout=60).stdout.strip()
   deadline = time.time() + 300
   metrics = with_sbatch / "metrics.jsonl"
@@ -58,7 +65,8 @@ def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
   requeued = False
   # Until the resumed run has written its results and the job has left the queue
   # (squeue prints nothing between some of a requeue's states too).
-  while not (with_sbatch / "results.json").exists() or cluster.job_state(job):
+  transfer = with_sbatch / "transfer" / f"fashion_mnist_step{STEPS}" / "results.json"
+  while not transfer.exists() or cluster.job_state(job):
     assert time.time() < deadline, open(f"{tmp_path}/sbatch.out").read()
     if not requeued and cluster.job_state(job) == "PENDING":
       # A requeued job waits ~2 min (its begin time); let it start now.
@@ -73,3 +81,8 @@ def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
   assert "Stopped by signal 15" in task_0 and "Resumed from step" in task_0, task_0
   assert tandem.load(str(with_sbatch)).step == STEPS
   assert_same_params(with_sbatch, reference)
+  assert "transfer suite" in batch_log, batch_log
+  records = json.load(open(transfer))["records"]
+  assert records and all(r["task"] == "fashion_mnist" and
+                         r["evaluator"].startswith("knn_") and
+                         0.0 <= r["value"] <= 1.0 for r in records), records
