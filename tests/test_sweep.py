@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import re
+import shutil
 import textwrap
 import time
 
@@ -163,6 +164,34 @@ def test_failed_runs_are_failed_rows_and_the_sweep_goes_on(tiny_data_dir, tmp_pa
   assert frame["reason"].str.contains("unknown config key").all()
   summary.write_summary(str(root), frame)
   assert (root / "summary.md").read_text().count("| failed |") == 2
+
+
+def test_runs_on_a_bucket_are_read_from_their_copies_in_root(finished_sweep,
+                                                             tmp_path):
+  """TPU sweeps' workdirs are on a bucket (gs://): finished means the launcher
+  recorded it, and the summary reads the files `gcloud storage rsync` copied to
+  ROOT/NAME."""
+  local_root, path, _ = finished_sweep
+  root = tmp_path / "root"
+  runs = sweep.make_runs(CONFIG, sweep.load_sweep(path), str(root),
+                         bucket="gs://bucket/sweep")
+  assert runs[0].workdir == f"gs://bucket/sweep/{runs[0].name}"
+  assert runs[0].train_args[1] == CONFIG  # Relative: the workers' checkout.
+  with pytest.raises(ValueError, match="outside the checkout"):
+    sweep.make_runs("/elsewhere/c.py", [{}], str(root), bucket="gs://b")
+  sweep.write_sweep_json(str(root), runs)
+  finished, failed = runs[0], runs[1]
+  shutil.copytree(local_root / finished.name, finished.logdir)  # The "rsync".
+  os.makedirs(failed.logdir)
+  from tandem.launch import run_dir  # pylint: disable=g-import-not-at-top
+  run_dir.write_status(failed.logdir, {"status": "failed", "reason": "Error: x"})
+  assert finished.is_finished() and not failed.is_finished()
+  rows = summary.summarise(str(root)).set_index("run")
+  assert rows.loc[finished.name, "status"] == "finished"
+  assert rows.loc[finished.name, "linear_probe/pre_logits/test_top1"] >= 0
+  assert tuple(rows.loc[failed.name, ["status", "reason"]]) == ("failed", "Error: x")
+  assert tuple(rows.loc[runs[2].name, ["status", "reason"]]) == (
+      "incomplete", "not started")
 
 
 # --- SLURM --------------------------------------------------------------------------

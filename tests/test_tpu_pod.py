@@ -5,6 +5,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 
 
 from tandem.ssl import train
@@ -83,3 +84,53 @@ def test_two_workers_train_together_like_one_process(tiny_data_dir, tmp_path):
   assert again.returncode == 0 and "Reusing TPU VM pod" in again.stdout
   assert "create" not in again.stdout
   assert [c[3] for c in _calls(tmp_path)][len(verbs):] == ["describe"]
+
+
+def test_a_sweep_on_two_tpu_vms_trains_each_run_and_skips_them_when_rerun(
+    tiny_data_dir, tmp_path):
+  """`tandem.launch.sweep --launcher tpu --parallel 2`: one tpu_pod.sh per run on
+  2 VMs (1 worker each here), the config file relative to the copied checkout; a
+  local folder stands in for the bucket."""
+  sweep_file = tmp_path / "lambd.py"
+  sweep_file.write_text("from tandem.hyper import zipped\n\ndef get_sweep():\n"
+                        "  return zipped(**{'barlow_twins.lambd': [0.005, 0.01]})\n")
+  env = {**os.environ, "PATH": FAKE + os.pathsep + os.environ["PATH"],
+         "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud.jsonl"),
+         "FAKE_TPU_ROOT": str(tmp_path / "tpus"), "FAKE_TPU_WORKERS": "1",
+         "TANDEM_TPU_INSTALL": "python3 -m venv --system-site-packages ~/tandem_venv"}
+  os.makedirs(tmp_path / "tpus")
+  root, bucket = tmp_path / "root", tmp_path / "bucket"
+  sweep = lambda *extra: subprocess.run(
+      [sys.executable, "-m", "tandem.launch.sweep", "--config",
+       "configs/ssl/barlow_twins.py:runlocal", "--config.total_steps=2",
+       "--sweep", str(sweep_file), "--workdir", str(root), "--launcher", "tpu",
+       "--tpu_args=--name sw --zone z --accelerator v4-8 --data_dir " +
+       tiny_data_dir, "--bucket", str(bucket), *extra],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+
+  dry = sweep("--parallel", "2", "--dry_run")
+  assert dry.returncode == 0, dry.stdout + dry.stderr
+  lines = [shlex.split(l) for l in dry.stdout.splitlines() if l.startswith("bash ")]
+  assert [l[l.index("--name") + 1] for l in lines] == ["sw-0", "sw-1"]
+  assert lines[0][lines[0].index("--") + 1:] == [
+      "--config", "configs/ssl/barlow_twins.py:runlocal", "--config.total_steps=2",
+      "--config.barlow_twins.lambd=0.005", "--workdir",
+      str(bucket / "barlow_twins.lambd=0.005")]
+  assert not _calls(tmp_path)
+
+  proc = sweep("--parallel", "2")
+  names = ["barlow_twins.lambd=0.005", "barlow_twins.lambd=0.01"]
+  assert proc.returncode == 0, proc.stdout + proc.stderr + "".join(
+      (root / n / "train.log").read_text()[-3000:] for n in names
+      if (root / n / "train.log").exists())
+  created = sorted(c[4] for c in _calls(tmp_path) if c[3] == "create")
+  assert created == ["sw-0", "sw-1"]
+  for name in names:  # Trained on a VM, into the bucket, logged here.
+    assert json.loads((bucket / name / "results.json").read_text())["step"] == 2
+    assert json.loads((root / name / "status.json").read_text())["status"] == \
+        "finished"
+    assert "over 2 devices in 1 process(es)" in (root / name / "train.log").read_text()
+  again = sweep("--parallel", "2")
+  assert again.returncode == 0 and "2 skipped (finished)" in again.stdout
+  # describe, create, scp, ssh (set-up), ssh (training) per VM; none again.
+  assert len(_calls(tmp_path)) == len(created) * 5

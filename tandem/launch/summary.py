@@ -3,7 +3,7 @@ r"""One table of a sweep's runs: their overrides, final metrics and status.
     python -m tandem.launch.summary ROOT [--metric NAME] [--plot]
 
 Reads ROOT/sweep.json (`tandem.launch.sweep`) and each run's workdir
-(`tandem.launch.run_dir`): results.json once finished, else the last
+(`tandem.launch.run_dir`; a workdir on a bucket from its copy in ROOT/NAME): results.json once finished, else the last
 metrics.jsonl records; status.json for wall time and failures. One row per run,
 failed runs included with their reason; columns are the overrides, then status,
 steps, wall time, the final training loss and the evaluations' test metrics
@@ -53,11 +53,14 @@ def final_metrics(workdir: str) -> dict:
   return latest
 
 
-def run_status(workdir: str) -> tuple[str, str]:
-  """(finished | failed | interrupted | incomplete, reason)."""
-  if run_dir.is_finished(workdir):
+def run_status(workdir: str, logdir: str | None = None) -> tuple[str, str]:
+  """(finished | failed | interrupted | incomplete, reason) from the run's files
+  in `workdir` and the launcher's status.json in `logdir` (default: workdir)."""
+  logdir = logdir or workdir
+  status = run_dir.read_status(logdir)
+  if run_dir.is_finished(workdir) or (
+      workdir != logdir and (status or {}).get("status") == "finished"):
     return "finished", ""
-  status = run_dir.read_status(workdir)
   if status is not None and status.get("status") in ("failed", "interrupted"):
     return status["status"], status.get("reason", "")
   if not os.path.isdir(workdir):
@@ -68,15 +71,18 @@ def run_status(workdir: str) -> tuple[str, str]:
 
 def run_row(run: dict) -> dict:
   """Overrides, status, the evaluations' test metrics, the final training loss,
-  steps and wall time, then the reason (failed runs) and the run's name."""
-  workdir = run["workdir"]
-  status, reason = run_status(workdir)
+  steps and wall time, then the reason (failed runs) and the run's name. A
+  workdir on a bucket is read from the run's logdir, where `gcloud storage
+  rsync` copies it (tandem.launch.sweep)."""
+  logdir = run.get("logdir") or run["workdir"]
+  workdir = logdir if "://" in run["workdir"] else run["workdir"]
+  status, reason = run_status(workdir, logdir)
   metrics = final_metrics(workdir)
   row = {**run["overrides"], "status": status}
   row.update({k: v for k, v in sorted(metrics.items()) if is_headline(k)})
   row.update(loss=metrics.get("loss"), steps=run_dir.steps_reached(workdir),
              total_steps=run_dir.total_steps(workdir),
-             wall_s=(run_dir.read_status(workdir) or {}).get("total_wall_s"),
+             wall_s=(run_dir.read_status(logdir) or {}).get("total_wall_s"),
              reason=reason, run=run["name"])
   return row
 
