@@ -23,15 +23,19 @@ for arg in "$@"; do
   prev=$arg
 done
 mkdir -p "${workdir:-.}"
+# The caller's XLA flags, with this script's device count instead of theirs.
+xla_flags="$(printf '%s\n' ${XLA_FLAGS:-} | \
+  { grep -v '^--xla_force_host_platform_device_count' || true; } | tr '\n' ' ')"
+xla_flags="${xla_flags}--xla_force_host_platform_device_count=$per"
 pids=()
 for ((i = 1; i < num; i++)); do
-  XLA_FLAGS="--xla_force_host_platform_device_count=$per" JAX_PLATFORMS=cpu \
+  XLA_FLAGS="$xla_flags" JAX_PLATFORMS=cpu \
     python -m tandem.ssl.train "$@" --coordinator_address="127.0.0.1:$port" \
     --num_processes="$num" --process_id="$i" > "${workdir:-.}/process_$i.log" 2>&1 &
   pids+=($!)
 done
 status=0
-XLA_FLAGS="--xla_force_host_platform_device_count=$per" JAX_PLATFORMS=cpu \
+XLA_FLAGS="$xla_flags" JAX_PLATFORMS=cpu \
   python -m tandem.ssl.train "$@" --coordinator_address="127.0.0.1:$port" \
   --num_processes="$num" --process_id=0 || status=$?
 codes=("$status")

@@ -10,8 +10,14 @@ set it.
 """
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                      "--xla_backend_optimization_level=0")
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for `devices` fake CPU devices, compiled as the suite compiles
+  (subprocesses the tests start too)."""
+  return (f"--xla_force_host_platform_device_count={devices} "
+          "--xla_backend_optimization_level=0")
+
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # pylint: disable=g-import-not-at-top

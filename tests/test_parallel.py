@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 import tandem
 from tandem import parallel
 from tandem.ssl import train
-from conftest import assert_same_params, bt_config
+from conftest import assert_same_params, bt_config, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,7 +115,7 @@ def test_two_processes_equal_one_and_restore_on_any_topology(tiny_data_dir, tmp_
        "--config.allow_config_change=True", "--workdir", str(workdir)],
       cwd=ROOT, capture_output=True, text=True, timeout=300,
       env={**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+           "XLA_FLAGS": xla_flags(4)})
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert "over 4 devices in 1 process" in proc.stdout, proc.stdout + proc.stderr
   train.train(bt_config(tiny_data_dir, total_steps=7, allow_config_change=True,

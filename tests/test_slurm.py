@@ -9,11 +9,12 @@ import time
 
 import tandem
 from tandem.ssl import train
-from conftest import ROOT, assert_same_params, bt_config, prepare_fake_fashion_mnist
+from conftest import (ROOT, assert_same_params, bt_config, prepare_fake_fashion_mnist,
+                      xla_flags)
 
-STEPS = 60  # Long enough (~10 s) for the SIGTERM to land mid-run.
+STEPS = 24  # Long enough (a few seconds) for the SIGTERM to land mid-run.
 # Each task: 2 fake CPU devices, so 2 tasks give a 4-device mesh over 2 processes.
-TASK_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+TASK_ENV = {"XLA_FLAGS": xla_flags(2),
             "JAX_PLATFORMS": "cpu"}
 
 
