@@ -202,7 +202,9 @@ def base(objective: str, dataset: str, data: dict, *, train_split: str) -> \
   config.mesh = dict(data=-1, fsdp=1, model=1)
   config.partition_rules = [(".*", ())]
   config.log_every = 50
-  config.checkpoint = dict(every=500, keep=2, async_save=True)
+  # The last `keep` checkpoints are kept; with keep_every > 0 also every one whose
+  # step is a multiple of it (a trajectory for notebooks; tandem.analysis.steps).
+  config.checkpoint = dict(every=500, keep=2, keep_every=0, async_save=True)
   config.allow_config_change = False  # Resume even if the workdir's config differs.
   return config
 

@@ -14,7 +14,9 @@ listed by `latest_step()` and never picked up on resume.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from typing import Any
 
@@ -61,15 +63,33 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-class Checkpointer:
-  """Saves and restores the full training state of one run."""
+@contextlib.contextmanager
+def _quiet():
+  """Orbax's warnings about options a read-only manager ignores, silenced: a
+  notebook that loads checkpoints should print nothing."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
-  def __init__(self, workdir: str, *, keep: int = 2, async_save: bool = True):
+
+class Checkpointer:
+  """Saves and restores the full training state of one run.
+
+  Keeps the last `keep` checkpoints, and with `keep_every` > 0 also every
+  checkpoint whose step is a multiple of it (a trajectory to analyse).
+  """
+
+  def __init__(self, workdir: str, *, keep: int = 2, async_save: bool = True,
+               keep_every: int = 0):
     _write_replicated_arrays_whole()
     self.manager = ocp.CheckpointManager(
         checkpoint_dir(workdir),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True,
+            max_to_keep=keep, keep_period=keep_every or None, create=True,
             enable_async_checkpointing=async_save),
         item_handlers=_handlers())
 
@@ -115,19 +135,31 @@ def _split(params, state):
   return model, train_state
 
 
+def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"No checkpoints in {workdir!r} (expected {directory}).")
+  with _quiet():
+    return ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers=_handlers())
+
+
+def all_steps(workdir: str) -> list[int]:
+  """The steps of the workdir's complete checkpoints, ascending."""
+  return sorted(_read_only_manager(workdir).all_steps())
+
+
 def restore_params(workdir: str, step: int | None = None,
                    sharding: jax.sharding.Sharding | None = None):
   """Restores the params and model state of `step` (default: latest), no optimizer.
 
-  Placed on `sharding` (default: the first local device), whatever topology the
-  checkpoint was saved on. Returns (params, model_state, step).
+  Placed on `sharding` (default: the first local device; a NamedSharding places
+  every array on that mesh, replicated), whatever topology the checkpoint was
+  saved on. Returns (params, model_state, step).
   """
+  manager = _read_only_manager(workdir)
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    raise CheckpointError(f"No checkpoints in {workdir!r} (expected {directory}).")
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_handlers=_handlers())
   steps = manager.all_steps()
   if not steps:
     raise CheckpointError(f"No complete checkpoint in {directory}.")
@@ -137,11 +169,13 @@ def restore_params(workdir: str, step: int | None = None,
                           f"available steps: {sorted(steps)}.")
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
-    metadata = manager.item_metadata(step)["model"].tree
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
-    model = manager.restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(abstract)))["model"]
+    with _quiet():
+      metadata = manager.item_metadata(step)["model"].tree
+      abstract = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+          metadata)
+      model = manager.restore(step, args=ocp.args.Composite(
+          model=ocp.args.StandardRestore(abstract)))["model"]
   except Exception as e:
     raise CheckpointError(f"Could not restore params of step {step} from "
                           f"{directory}: {type(e).__name__}: {e}") from e

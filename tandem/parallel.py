@@ -203,7 +203,8 @@ def _replicate(x, sharding):
 
 def batched_map(fn, inputs: np.ndarray, batch_size: int, *, mesh: Mesh | None = None,
                 empty_shape: tuple = (0, 0)) -> np.ndarray:
-  """`fn(batch)` over `inputs` in fixed-size batches, as one host array.
+  """`fn(batch)` over `inputs` in fixed-size batches, as one host array (or a
+  dict of them, when `fn` returns a dict).
 
   Every batch has the same shape (the last one is padded with zeros and the padding
   dropped from the output), so `fn` compiles once: the batch is `batch_size`, or
@@ -227,5 +228,7 @@ def batched_map(fn, inputs: np.ndarray, batch_size: int, *, mesh: Mesh | None = 
       out = _replicate(fn(host_to_global(chunk, sharding)), out_sharding)
     else:
       out = fn(chunk)
-    outputs.append(np.asarray(out)[:batch - pad])
-  return np.concatenate(outputs) if outputs else np.zeros(empty_shape, np.float32)
+    outputs.append(jax.tree.map(lambda o: np.asarray(o)[:batch - pad], out))
+  if not outputs:
+    return np.zeros(empty_shape, np.float32)
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)

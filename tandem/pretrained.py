@@ -2,17 +2,20 @@
 
     model = tandem.load("/tmp/bt")           # latest step; or step=N
     feats = model.embed(images_uint8, layer="pre_logits", batch_size=256)
+    model.layers                             # ["stem", "stage1", ..., "pre_logits"]
+    per_layer = model.embed(images, layer=["stage1", "pre_logits"], pooling="flatten")
 
 Only the params (and batch-norm statistics needed for eval-mode features) are
-restored, on the first local device, whatever mesh the run was trained on; the
-optimizer state is never read. `embed` applies the checkpoint's own preprocessing
-(resize, channel conversion, normalisation) to uint8 NHWC images of any size.
+restored, on the first local device (or onto `sharding`, e.g. a mesh), whatever
+mesh the run was trained on; the optimizer state is never read. `embed` applies
+the checkpoint's own preprocessing (resize, channel conversion, normalisation)
+to NHWC images of any size, uint8 or float in [0, 1].
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
@@ -27,6 +30,7 @@ class Pretrained:
   params: Any
   model_state: Any
   step: int
+  workdir: str = ""  # Where it was loaded from (absolute).
 
   @property
   def variables(self) -> dict:
@@ -37,17 +41,36 @@ class Pretrained:
   def encoder_variables(self) -> dict:
     return features.encoder_variables(self.params, self.model_state)
 
-  def embed(self, images: np.ndarray, layer: str = "pre_logits",
-            batch_size: int = 256) -> np.ndarray:
-    """Features [N, D] of uint8 images [N, H, W, C] (any size and channel count)."""
-    return features.extract(self.encoder_variables, images, self.config,
-                            layer=layer, batch_size=batch_size)
+  @property
+  def layers(self) -> list[str]:
+    """The names `embed` takes: the backbone's outputs, input side first."""
+    return features.layer_names(self.config)
+
+  def embed(self, images: np.ndarray, layer: str | Sequence[str] = "pre_logits",
+            batch_size: int = 256, pooling: str = "mean", mesh=None
+            ) -> np.ndarray | dict[str, np.ndarray]:
+    """Features of images [N, H, W, C] (any size and channel count; uint8, or
+    float in [0, 1]) in eval mode.
+
+    `layer`: one name of `layers` (returns an array), or several (returns
+    {layer: array}, all from one forward pass). `pooling`: "mean" (spatial and
+    token axes averaged: [N, C]), "flatten" ([N, H*W*C]) or "none" (the layer's
+    own shape). With a `mesh`, batches are split over its batch axes.
+    """
+    names = [layer] if isinstance(layer, str) else list(layer)
+    out = features.extract_layers(self.encoder_variables, images, self.config,
+                                  layers=names, pooling=pooling,
+                                  batch_size=batch_size, mesh=mesh)
+    return out[layer] if isinstance(layer, str) else out
 
 
-def load(workdir: str, step: int | None = None, check_model: bool = True) -> Pretrained:
+def load(workdir: str, step: int | None = None, check_model: bool = True,
+         sharding=None) -> Pretrained:
   """The params of `step` (default: the latest complete one) and the run's config.
 
-  With `check_model`, the restored arrays must have the shapes of the model the
+  `sharding`: where the arrays go (default: the first local device); a
+  `jax.sharding.NamedSharding(mesh, P())` replicates them over a mesh. With
+  `check_model`, the restored arrays must have the shapes of the model the
   config describes (a CheckpointError names the first differences otherwise), so
   a checkpoint is never evaluated with the wrong architecture.
   """
@@ -59,10 +82,11 @@ def load(workdir: str, step: int | None = None, check_model: bool = True) -> Pre
     raise checkpoint.CheckpointError(
         f"{workdir!r} has no config.json: not a tandem workdir.")
   config = ml_collections.ConfigDict(config_dict)
-  params, model_state, step = checkpoint.restore_params(workdir, step)
+  params, model_state, step = checkpoint.restore_params(workdir, step, sharding)
   if check_model:
     check_model_matches(config, params, model_state, f"{workdir} step {step}")
-  return Pretrained(config=config, params=params, model_state=model_state, step=step)
+  return Pretrained(config=config, params=params, model_state=model_state, step=step,
+                    workdir=os.path.abspath(workdir))
 
 
 def check_model_matches(config, params, model_state, where: str) -> None:

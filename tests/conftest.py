@@ -83,6 +83,18 @@ def tiny_data_dir(tmp_path_factory):
                                     tmp_path_factory.mktemp("tfds"))
 
 
+# Tests of a minute or more from a cold compilation cache (processes started
+# through SLURM, the fake gcloud, several trainings): run first, so that none
+# starts last and leaves one worker running alone at the end.
+SLOW_FIRST = ("test_slurm.py", "test_parallel.py", "test_tpu_pod.py", "test_sweep.py",
+              "test_notebooks.py")
+
+
+def pytest_collection_modifyitems(items):
+  slow = lambda item: item.nodeid.split("::")[0].rsplit("/", 1)[-1] in SLOW_FIRST
+  items[:] = [i for i in items if slow(i)] + [i for i in items if not slow(i)]
+
+
 def pytest_configure(config):
   """A persistent XLA compilation cache: the suite compiles the same steps often."""
   del config

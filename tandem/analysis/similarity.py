@@ -191,3 +191,31 @@ def cka_matrix(features_a: Mapping[str, object] | Sequence, features_b=None
       else:
         matrix[i, j] = _cka_centred(x, y, self_a[i], self_b[j])
   return matrix, names_a, names_b
+
+
+def nearest_neighbours(query, gallery, k: int = 5, *, exclude_self: bool = False,
+                       chunk_size: int = 1024) -> np.ndarray:
+  """Indices [Q, k] into `gallery` [N, D] of each query's k nearest neighbours by
+  cosine similarity, nearest first (the similarity the k-NN evaluator uses,
+  tandem/transfer/neighbors.py). `exclude_self`: the query set is the gallery, and
+  each query's own row is not its neighbour."""
+  query, gallery = _as_2d(query), _as_2d(gallery)
+  if query.shape[1] != gallery.shape[1]:
+    raise ValueError(f"query has {query.shape[1]} features per example, gallery "
+                     f"{gallery.shape[1]}.")
+  if not 1 <= k <= len(gallery) - exclude_self:
+    raise ValueError(f"k={k} must be in [1, {len(gallery) - exclude_self}].")
+  if exclude_self and len(query) != len(gallery):
+    raise ValueError("exclude_self needs the query set to be the gallery.")
+  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  query, gallery = unit(query), unit(gallery)
+  out = []
+  for start in range(0, len(query), chunk_size):
+    sims = query[start:start + chunk_size] @ gallery.T
+    if exclude_self:
+      rows = np.arange(len(sims))
+      sims[rows, rows + start] = -np.inf
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
+    out.append(np.take_along_axis(top, order, axis=1))
+  return np.concatenate(out) if out else np.zeros((0, k), np.int64)

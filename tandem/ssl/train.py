@@ -58,7 +58,9 @@ from tandem.transfer import periodic
 from tandem.transfer import report
 
 # Keys that may differ between a run and its resumption without refusal.
-RESUME_IGNORED_KEYS = ("allow_config_change",)
+# (Which checkpoints are kept does not change the run.)
+RESUME_IGNORED_KEYS = ("allow_config_change", "checkpoint.keep",
+                       "checkpoint.keep_every")
 
 
 NonFiniteLossError = train_state.NonFiniteLossError
@@ -233,8 +235,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       mesh, params_sharding, state_sharding, batch_sharding)
 
   # --- Checkpoint -----------------------------------------------------------------
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep,
-                                 async_save=config.checkpoint.async_save)
+  ckpt = checkpoint.Checkpointer(
+      workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save,
+      keep_every=config.checkpoint.get("keep_every", 0))
   resumed_step = ckpt.latest_step()
   if resumed_step is not None:
     with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)

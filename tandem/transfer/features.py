@@ -8,7 +8,8 @@ NHWC images of any size and channel count: images are resized to
 and normalised with the config's mean/std, exactly as in pretraining
 (`preprocessing(config.input)` describes it for results records). Spatial
 layers ([B, H, W, C]) are global-average-pooled and token layers ([B, N, D]) are
-mean-pooled to vectors; `pre_logits` is used as is.
+mean-pooled to vectors, unless `extract_layers` is asked for "flatten" or "none";
+`pre_logits` is used as is.
 """
 from __future__ import annotations
 
@@ -34,7 +35,17 @@ def encoder_variables(params, model_state) -> dict:
   return variables
 
 
-def _pool(x):
+POOLINGS = ("mean", "none", "flatten")
+
+
+def _pool(x, pooling: str = "mean"):
+  """A layer's output per example: "mean" averages spatial ([B, H, W, C]) and
+  token ([B, N, D]) axes; "flatten" keeps every value as one vector; "none"
+  keeps the layer's shape."""
+  if pooling == "none" or x.ndim == 2:
+    return x
+  if pooling == "flatten":
+    return x.reshape(x.shape[0], -1)
   if x.ndim == 4:
     return x.mean(axis=(1, 2))
   if x.ndim == 3:
@@ -43,19 +54,34 @@ def _pool(x):
 
 
 @functools.lru_cache(maxsize=16)
-def _embed_fn(model_name: str, model_kwargs: tuple, layer: str, mean: tuple,
-              std: tuple):
+def _embed_fn(model_name: str, model_kwargs: tuple, layers: tuple, mean: tuple,
+              std: tuple, pooling: str = "mean"):
+  """A jitted fn(variables, uint8 images) -> {layer: float32 features}."""
   model = models.get_model(model_name, **dict(model_kwargs))
 
   @jax.jit
   def embed(variables, images_uint8):
     x = preprocess.normalize(images_uint8.astype(jnp.float32) / 255.0, mean, std)
     out = model.apply(variables, x, train=False)
-    if layer not in out:
-      raise KeyError(f"Layer {layer!r} not in the model's outputs {sorted(out)}.")
-    return _pool(out[layer]).astype(jnp.float32)
+    missing = [layer for layer in layers if layer not in out]
+    if missing:
+      raise KeyError(f"Layers {missing} not in the model's outputs {sorted(out)}.")
+    return {layer: _pool(out[layer], pooling).astype(jnp.float32)
+            for layer in layers}
 
   return embed
+
+
+def layer_names(config) -> list[str]:
+  """The backbone's named outputs (`embed`'s layers), in the model's order."""
+  model = models.get_model(config.model_name, **config.model.to_dict())
+  shape = (1, config.input.image_size, config.input.image_size,
+           config.input.channels)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                                jnp.zeros(shape), train=False))
+  outputs = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(shape), train=False),
+                           variables)
+  return list(outputs)
 
 
 RESIZE = "linear, antialiased, to a square (aspect ratio not kept)"
@@ -71,26 +97,50 @@ def preprocessing(input_config) -> dict:
 
 
 def prepare_images(images: np.ndarray, input_config) -> np.ndarray:
-  """uint8 NHWC of any size/channels -> uint8 at the config's size and channels."""
+  """NHWC images of any size/channels -> uint8 at the config's size and channels.
+
+  uint8 images are used as they are; float images must lie in [0, 1] and are
+  rounded to uint8 first, as every image of the input pipeline is uint8.
+  """
   images = np.asarray(images)
   if images.ndim == 3:  # A batch of single-channel images without a channel axis.
     images = images[..., None]
+  if images.ndim == 4 and np.issubdtype(images.dtype, np.floating):
+    low, high = (float(images.min()), float(images.max())) if images.size else (0, 0)
+    if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= 1):
+      raise ValueError(f"Float images must lie in [0, 1]; these span [{low}, "
+                       f"{high}]. Scale them, or pass uint8 images in [0, 255].")
+    images = np.round(images * 255.0).astype(np.uint8)
   if images.ndim != 4 or images.dtype != np.uint8:
-    raise ValueError("images must be a uint8 array [N, H, W, C] (or [N, H, W]), got "
-                     f"{images.dtype} {images.shape}.")
+    raise ValueError("images must be uint8 in [0, 255] or float in [0, 1], shaped "
+                     f"[N, H, W, C] (or [N, H, W]); got {images.dtype} "
+                     f"{images.shape}.")
   images = image_ops.convert_channels(images, input_config.channels)
   return image_ops.resize_uint8(images, input_config.image_size)
 
 
 def extract(variables, images: np.ndarray, config, *, layer: str = "pre_logits",
             batch_size: int = 256, mesh=None) -> np.ndarray:
-  """Features [N, D] (float32 NumPy) of `images` under the backbone `variables`.
+  """Features [N, D] (float32 NumPy) of `images` under the backbone `variables`,
+  spatial and token layers mean-pooled.
 
   With a `mesh`, batches are split over its batch axes
   (`parallel.batched_map`); otherwise they run on the default device.
   """
-  embed = _embed_fn(config.model_name, parallel.hashable(config.model.to_dict()), layer,
-                    tuple(config.input.mean), tuple(config.input.std))
+  return extract_layers(variables, images, config, layers=(layer,),
+                        batch_size=batch_size, mesh=mesh)[layer]
+
+
+def extract_layers(variables, images: np.ndarray, config, *, layers, pooling="mean",
+                   batch_size: int = 256, mesh=None) -> dict[str, np.ndarray]:
+  """{layer: float32 features} of `images` for several layers in one forward pass,
+  each pooled by `pooling` (one of POOLINGS)."""
+  if pooling not in POOLINGS:
+    raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS}.")
+  layers = tuple(layers)
+  embed = _embed_fn(config.model_name, parallel.hashable(config.model.to_dict()),
+                    layers, tuple(config.input.mean), tuple(config.input.std),
+                    pooling)
   images = prepare_images(images, config.input)
   return parallel.batched_map(lambda chunk: embed(variables, chunk), images,
                               batch_size, mesh=mesh)
