@@ -47,6 +47,7 @@ def test_notebook_runs_headless(name, checkpoints, tiny_data_dir, tmp_path,
   monkeypatch.setenv("TANDEM_DATASET", "fashion_mnist")
   monkeypatch.setenv("TANDEM_MAX_EXAMPLES", "0")
   monkeypatch.setenv("TANDEM_FEATURE_CACHE", str(tmp_path / "features"))
+  monkeypatch.setenv("OMP_NUM_THREADS", "1")  # t-SNE's threads on a busy 2-core box.
   notebook = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
   start = time.time()
   nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3",

@@ -1,6 +1,7 @@
 """launch/tpu_pod.sh through a fake `gcloud` (tests/fake_gcloud/gcloud) that
 records each call and runs `ssh --worker=all` commands as local processes: the
-exact gcloud command lines, and 2 workers that really train together."""
+exact gcloud command lines, and a sweep of 2 runs on 2 VMs whose 2 workers
+really train together."""
 import json
 import os
 import shlex
@@ -14,14 +15,14 @@ from conftest import ROOT, assert_same_params, bt_config
 FAKE = os.path.join(ROOT, "tests", "fake_gcloud")
 
 
-def _launch(tmp_path, *args, install=None):
+def _launch(tmp_path, *args, install=None, name="pod"):
   env = {**os.environ, "PATH": FAKE + os.pathsep + os.environ["PATH"],
          "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud.jsonl"),
          "FAKE_TPU_ROOT": str(tmp_path / "tpus")}
   if install:
     env["TANDEM_TPU_INSTALL"] = install
   os.makedirs(tmp_path / "tpus", exist_ok=True)
-  return subprocess.run(["bash", "launch/tpu_pod.sh", "--name", "pod", "--zone",
+  return subprocess.run(["bash", "launch/tpu_pod.sh", "--name", name, "--zone",
                          "us-central2-b", "--accelerator", "v4-16", *args],
                         cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=400)
@@ -60,43 +61,19 @@ def test_dry_run_prints_every_command_and_runs_none(tmp_path):
   assert bad.returncode == 2 and "--prepare needs --data_dir" in bad.stderr
 
 
-def test_two_workers_train_together_like_one_process(tiny_data_dir, tmp_path):
-  workdir = tmp_path / "run"
-  proc = _launch(tmp_path, "--data_dir", tiny_data_dir, "--",
-                 "--config", "configs/ssl/barlow_twins.py:runlocal",
-                 "--config.total_steps=3", "--workdir", str(workdir),
-                 install="python3 -m venv --system-site-packages ~/tandem_venv")
-  worker_1 = tmp_path / "tpus" / "pod" / "worker_1" / "ssh.log"
-  assert proc.returncode == 0, proc.stdout + proc.stderr + (
-      worker_1.read_text() if worker_1.exists() else "")
-  verbs = [c[3] for c in _calls(tmp_path)]
-  assert verbs == ["describe", "create", "scp", "ssh", "ssh"]
-  assert "over 4 devices in 2 process(es)" in proc.stdout, proc.stdout
-  # The workers ran the copied code from their own home folders.
-  assert (tmp_path / "tpus" / "pod" / "worker_1" / "tandem" / "tandem" /
-          "ssl" / "train.py").exists()
-  reference = tmp_path / "one_process"
-  train.train(bt_config(tiny_data_dir, total_steps=3), str(reference))
-  assert_same_params(workdir, reference)
-
-  # A second launch reuses the VM: describe finds it, nothing is created.
-  again = _launch(tmp_path, "--dry_run", "--", "--workdir", str(workdir))
-  assert again.returncode == 0 and "Reusing TPU VM pod" in again.stdout
-  assert "create" not in again.stdout
-  assert [c[3] for c in _calls(tmp_path)][len(verbs):] == ["describe"]
-
-
-def test_a_sweep_on_two_tpu_vms_trains_each_run_and_skips_them_when_rerun(
-    tiny_data_dir, tmp_path):
+def test_a_sweep_on_two_tpu_vms_whose_workers_train_together(tiny_data_dir,
+                                                             tmp_path):
   """`tandem.launch.sweep --launcher tpu --parallel 2`: one tpu_pod.sh per run on
-  2 VMs (1 worker each here), the config file relative to the copied checkout; a
-  local folder stands in for the bucket."""
+  2 VMs of 2 workers each, which train together like one process, from the
+  checkout copied to their homes (the config file relative to it); a local
+  folder stands in for the bucket. Run again, the sweep skips both runs, and a
+  new launch on a VM reuses it."""
   sweep_file = tmp_path / "lambd.py"
   sweep_file.write_text("from tandem.hyper import zipped\n\ndef get_sweep():\n"
                         "  return zipped(**{'barlow_twins.lambd': [0.005, 0.01]})\n")
   env = {**os.environ, "PATH": FAKE + os.pathsep + os.environ["PATH"],
          "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud.jsonl"),
-         "FAKE_TPU_ROOT": str(tmp_path / "tpus"), "FAKE_TPU_WORKERS": "1",
+         "FAKE_TPU_ROOT": str(tmp_path / "tpus"),
          "TANDEM_TPU_INSTALL": "python3 -m venv --system-site-packages ~/tandem_venv"}
   os.makedirs(tmp_path / "tpus")
   root, bucket = tmp_path / "root", tmp_path / "bucket"
@@ -129,8 +106,19 @@ def test_a_sweep_on_two_tpu_vms_trains_each_run_and_skips_them_when_rerun(
     assert json.loads((bucket / name / "results.json").read_text())["step"] == 2
     assert json.loads((root / name / "status.json").read_text())["status"] == \
         "finished"
-    assert "over 2 devices in 1 process(es)" in (root / name / "train.log").read_text()
+    assert "over 4 devices in 2 process(es)" in (root / name / "train.log").read_text()
+  # The workers ran the copied code from their own home folders.
+  assert (tmp_path / "tpus" / "sw-0" / "worker_1" / "tandem" / "tandem" / "ssl" /
+          "train.py").exists()
+  reference = tmp_path / "one_process"
+  train.train(bt_config(tiny_data_dir, total_steps=2,
+                        **{"barlow_twins.lambd": 0.005}), str(reference))
+  assert_same_params(bucket / names[0], reference)
+
   again = sweep("--parallel", "2")
   assert again.returncode == 0 and "2 skipped (finished)" in again.stdout
   # describe, create, scp, ssh (set-up), ssh (training) per VM; none again.
   assert len(_calls(tmp_path)) == len(created) * 5
+  reuse = _launch(tmp_path, "--dry_run", "--", "--workdir", "w", name="sw-0")
+  assert reuse.returncode == 0 and "Reusing TPU VM sw-0" in reuse.stdout
+  assert "create" not in reuse.stdout
