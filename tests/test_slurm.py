@@ -4,6 +4,7 @@
 a job stopped by SIGTERM checkpoints, requeues itself and resumes to the same
 parameters as an uninterrupted run, then runs the transfer suite on its checkpoint."""
 import json
+import subprocess
 import time
 
 
@@ -66,14 +67,22 @@ def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
   # Until the resumed run has written its results and the job has left the queue
   # (squeue prints nothing between some of a requeue's states too).
   transfer = with_sbatch / "transfer" / f"fashion_mnist_step{STEPS}" / "results.json"
+  pending_since = None
   while not transfer.exists() or cluster.job_state(job):
     assert time.time() < deadline, (open(f"{tmp_path}/sbatch.out").read() +
                                     cluster.logs())
-    if cluster.job_state(job) == "PENDING":
-      # A requeued job waits ~2 min (its begin time); let it start now (again
-      # while it is pending: an update during the requeue itself may not hold).
-      cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now",
-                  check=False)
+    if cluster.job_state(job) != "PENDING":
+      pending_since = None
+    else:
+      # A requeued job waits ~2 min (its begin time); let it start sooner, but
+      # only once the old run's step daemons are gone: a job started while they
+      # finish is killed ("Job credential revoked") and never runs again.
+      pending_since = pending_since or time.time()
+      old_steps = subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job}\."],
+                                 capture_output=True).returncode == 0
+      if not old_steps and time.time() - pending_since > 5:
+        cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now",
+                    check=False)
     time.sleep(1.0)
   batch_log = open(f"{tmp_path}/sbatch.out").read()
   task_0 = open(with_sbatch / "slurm" / f"job_{job}.task_0.log").read()
