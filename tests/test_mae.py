@@ -11,7 +11,9 @@ import pytest
 from numerics import numerical_grad
 import tandem
 from configs.ssl import mae as mae_config
+from tandem import analysis
 from tandem import parallel
+from tandem.data import input_pipeline
 from tandem.ssl import mae
 from tandem.ssl import train
 from tandem.transfer import protocol
@@ -202,6 +204,19 @@ def test_runlocal_trains_and_writes_reconstructions(tiny_data_dir, tmp_path):
   assert embeddings.shape == (3, 32)
   assert all(np.abs(embeddings[i] - embeddings[j]).max() > 1e-3
              for i, j in ((0, 1), (0, 2), (1, 2)))
+  # Reconstructions of any images from the checkpoint: on the evaluator's images
+  # with its mask (seed 0), the evaluator's loss; another seed, another mask.
+  settings = config.evals.reconstruction
+  fixed, _ = input_pipeline.load_arrays(settings.dataset, settings.split,
+                                        data_dir=tiny_data_dir)
+  loaded = tandem.load(str(tmp_path))
+  out = analysis.reconstruct(loaded, fixed[:settings.num_images])
+  np.testing.assert_allclose(out["loss"], final["mae_reconstruction/loss"], rtol=1e-4)
+  assert out["reconstruction"].shape == out["masked"].shape == (
+      settings.num_images, 28, 28, 1) and out["original"].dtype == np.uint8
+  other = analysis.reconstruct(loaded, fixed[:settings.num_images] / 255.0, seed=1)
+  np.testing.assert_array_equal(other["original"], out["original"])
+  assert not np.array_equal(other["masked"], out["masked"])
 
 
 def test_reconstruction_grid_pastes_visible_patches(tiny_data_dir):

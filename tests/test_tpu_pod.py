@@ -106,7 +106,10 @@ def test_a_sweep_on_two_tpu_vms_whose_workers_train_together(tiny_data_dir,
     assert json.loads((bucket / name / "results.json").read_text())["step"] == 2
     assert json.loads((root / name / "status.json").read_text())["status"] == \
         "finished"
-    assert "over 4 devices in 2 process(es)" in (root / name / "train.log").read_text()
+    log = (root / name / "train.log").read_text()
+    assert "over 4 devices in 2 process(es)" in log
+    # The final evaluation says what it is doing.
+    assert "Final evaluation at step 2:" in log and "evaluating linear_probe (" in log
   # The workers ran the copied code from their own home folders.
   assert (tmp_path / "tpus" / "sw-0" / "worker_1" / "tandem" / "tandem" / "ssl" /
           "train.py").exists()

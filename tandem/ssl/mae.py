@@ -32,11 +32,14 @@ with the visible patches pasted back).
 """
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from tandem import models
@@ -279,7 +282,32 @@ def images(data: Reconstructions, settings, model) -> dict:
   return {"mae/reconstruction": _grid(rows)}
 
 
-def _make_reconstruct(config, model, p):
+@functools.lru_cache(maxsize=8)
+def _reconstruct_fn(config_json: str, seed: int):
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  return jax.jit(_make_reconstruct(config, make_model(config), _check_config(config),
+                                   seed))
+
+
+def reconstruct(config, variables, images, seed: int = 0) -> dict[str, np.ndarray]:
+  """MAE reconstructions of any images under an MAE checkpoint's `config` and
+  `variables` (`tandem.load(workdir).config`, `.variables`): {"original",
+  "masked", "reconstruction": uint8 [N, H, W, C] at the config's image size, with
+  the visible patches pasted back, "loss": the masked-patch loss}. Images are
+  uint8 or float in [0, 1], any size and channels (`features.prepare_images`);
+  `seed` draws the mask (0 is the mask of the evaluation inside pretraining)."""
+  from tandem.transfer import features  # pylint: disable=g-import-not-at-top
+  if config.get("objective") != "mae":
+    raise ValueError(f"reconstruct needs an MAE checkpoint; this one is "
+                     f"{config.get('objective')!r}.")
+  images = features.prepare_images(images, config.input)
+  fn = _reconstruct_fn(config.to_json_best_effort(sort_keys=True), int(seed))
+  original, masked, reconstruction, loss = jax.device_get(fn(variables, images))
+  return {"original": original, "masked": masked, "reconstruction": reconstruction,
+          "loss": float(loss)}
+
+
+def _make_reconstruct(config, model, p, seed: int = 0):
   mean, std = (jnp.asarray(v, jnp.float32) for v in (config.input.mean,
                                                     config.input.std))
   to_uint8 = lambda x: jnp.round(jnp.clip(x * std + mean, 0, 1) * 255).astype(
@@ -287,7 +315,7 @@ def _make_reconstruct(config, model, p):
 
   def reconstruct(variables, images_uint8):
     x = _normalized(images_uint8, config)
-    out = model.apply(variables, x, train=False, mask_rng=jax.random.key(0))
+    out = model.apply(variables, x, train=False, mask_rng=jax.random.key(seed))
     target, mask = patchify(x, p), out["mask"][..., None]
     loss = mae_loss(out["pred"], target, out["mask"], config.mae.norm_pix_loss)
     pred = out["pred"]

@@ -272,10 +272,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"{k} {v:.4f}" for k, v in metrics.items()))
     progress.exclude(seconds)
 
-  def run_evals(step, params, state):
+  def run_evals(step, params, state, log=None):
     t0 = time.time()
     metrics, images = evals.run(evals.due(step), step,
-                                {"params": params, **state["model_state"]})
+                                {"params": params, **state["model_state"]}, log=log)
     log_evals(step, metrics, images, time.time() - t0)
     return metrics
 
@@ -335,7 +335,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     if ckpt.latest_step() != step:
       save(step, params, state)
-    results["final"] = run_evals(step, params, state)
+    progress.message(f"Final evaluation at step {step}:")
+    results["final"] = run_evals(step, params, state, log=progress.message)
   finally:
     ckpt.close()  # Waits for asynchronous saves to finish.
     writer.close()

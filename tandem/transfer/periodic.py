@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 
 import jax
 import ml_collections
@@ -92,18 +93,24 @@ class PeriodicEvals:
   def _settings(self, name: str, **changes) -> dict:
     return {"seed": self.config.seed, **self.blocks[name].to_dict(), **changes}
 
-  def run(self, names, version, variables) -> tuple[dict, dict]:
+  def run(self, names, version, variables, log=None) -> tuple[dict, dict]:
     """(metrics, images) of evaluators `names` on the whole model's `variables`;
-    `version` names the params (features are extracted once per version)."""
+    `version` names the params (features are extracted once per version).
+    `log(text)`, when given, hears each evaluator's start and time."""
     self.cache.set_version(version)
     self.model.variables = variables
     metrics, images = {}, {}
-    for name in names:
+    for i, name in enumerate(names, 1):
+      if log:
+        log(f"  evaluating {name} ({i}/{len(names)})...")
+      start = time.time()
       module, data, settings = self.modules[name], self.data[name], self._settings(name)
       self.model.batch_size = settings.get("batch_size", 256)  # Extraction batch.
       metrics.update(report.metrics(module.evaluate_task(data, settings, self.model)))
       if hasattr(module, "images"):
         images.update(module.images(data, settings, self.model))
+      if log:
+        log(f"  {name}: {time.time() - start:.1f} s")
     return metrics, images
 
   def baselines(self, variables, workdir: str, *, compute: bool
