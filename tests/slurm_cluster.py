@@ -19,6 +19,7 @@ ClusterName=tandemtest
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={d_port}
+FirstJobId={first_job}
 AuthType=auth/none
 CredType=cred/none
 SlurmUser=root
@@ -60,10 +61,18 @@ def missing_reason() -> str | None:
           "installed here (needs root and apt-get): run `make install-test` as root.")
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+  """`count` distinct free TCP ports: all sockets are held open while the OS picks
+  (one at a time, a closed port can be handed out again: slurmctld and slurmd
+  then get the same one)."""
+  sockets = [socket.socket() for _ in range(count)]
+  try:
+    for s in sockets:
+      s.bind(("127.0.0.1", 0))
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
 
 
 class Cluster:
@@ -79,8 +88,10 @@ class Cluster:
     for sub in ("state", "spool"):
       os.makedirs(os.path.join(self.root, sub), exist_ok=True)
     with open(self.conf, "w") as f:
-      f.write(_CONFIG.format(root=self.root, ctld_port=_free_port(),
-                             d_port=_free_port()))
+      ctld_port, d_port = _free_ports(2)
+      # Job ids apart from another test worker's cluster on this host.
+      f.write(_CONFIG.format(root=self.root, ctld_port=ctld_port, d_port=d_port,
+                             first_job=1000 * (os.getpid() % 1000) + 1))
     for command in (["slurmctld", "-D", "-f", self.conf],
                     ["slurmd", "-D", "-N", "localhost", "-f", self.conf]):
       log = open(os.path.join(self.root, command[0] + ".out"), "w")
