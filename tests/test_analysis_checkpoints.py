@@ -89,6 +89,21 @@ def test_layers_poolings_and_float_images_in_one_pass(workdir, tiny_data_dir):
     model.embed(images, pooling="max")
 
 
+def test_the_runs_two_views_of_any_images(workdir, tiny_data_dir):
+  model = tandem.load(workdir)
+  images = analysis.load_dataset("fashion_mnist", "test",
+                                 data_dir=tiny_data_dir).images[:16]
+  v1, v2 = analysis.views(model, images, seed=3)
+  assert v1.shape == v2.shape == (16, 28, 28, 1) and v1.dtype == np.float32
+  assert 0 <= v1.min() and v1.max() <= 1 and not np.allclose(v1, v2)
+  again, _ = analysis.views(model, images, seed=3)
+  np.testing.assert_array_equal(again, v1)
+  assert not np.array_equal(analysis.views(model, images, seed=4)[0], v1)
+  # Positive pairs sit closer than random pairs of the same views.
+  z1, z2 = model.embed(v1), model.embed(v2)
+  assert analysis.alignment(z1, z2) < analysis.alignment(z1, np.roll(z2, 1, axis=0))
+
+
 def test_features_are_cached_per_checkpoint_images_and_layer(workdir, tmp_path,
                                                              monkeypatch):
   model = tandem.load(workdir)

@@ -12,9 +12,10 @@ Every name below is imported from its module on first use, so `import
 tandem.analysis` stays cheap and imports neither absl flags, TFDS nor grain.
 Modules: `runs` (checkpoints and metrics.jsonl), `data` (dataset splits),
 `feature_cache` (features cached on disk), `reconstruction` (MAE),
-`representation` (RankMe, alpha-ReQ, alignment, uniformity, collapse, NC1, LogME,
-H-score), `similarity` (CKA, nearest neighbours), `weights` (interpolation, task
-arithmetic, TIES), `plots` (matplotlib figures).
+`augmentation` (the run's two views), `representation` (RankMe, alpha-ReQ,
+alignment, uniformity, collapse, NC1, LogME, H-score), `similarity` (CKA, nearest
+neighbours), `weights` (interpolation, task arithmetic, TIES), `plots`
+(matplotlib figures).
 """
 import importlib
 
@@ -24,6 +25,7 @@ _EXPORTS = {
     "data": ("load_dataset", "Dataset"),
     "feature_cache": ("features",),
     "reconstruction": ("reconstruct",),
+    "augmentation": ("views",),
     "representation": ("rankme", "eigenspectrum", "alpha_req", "alignment",
                        "uniformity", "collapse_stats", "label_free_metrics", "nc1",
                        "logme", "hscore"),
