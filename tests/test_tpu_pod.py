@@ -15,13 +15,19 @@ from conftest import ROOT, assert_same_params, bt_config
 FAKE = os.path.join(ROOT, "tests", "fake_gcloud")
 
 
-def _launch(tmp_path, *args, install=None, name="pod"):
+def _fake_env(tmp_path, install=None) -> dict:
+  """The environment that puts the fake gcloud first, its log and VMs in tmp_path."""
   env = {**os.environ, "PATH": FAKE + os.pathsep + os.environ["PATH"],
          "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud.jsonl"),
          "FAKE_TPU_ROOT": str(tmp_path / "tpus")}
   if install:
     env["TANDEM_TPU_INSTALL"] = install
   os.makedirs(tmp_path / "tpus", exist_ok=True)
+  return env
+
+
+def _launch(tmp_path, *args, name="pod"):
+  env = _fake_env(tmp_path)
   return subprocess.run(["bash", "launch/tpu_pod.sh", "--name", name, "--zone",
                          "us-central2-b", "--accelerator", "v4-16", *args],
                         cwd=ROOT, env=env, capture_output=True, text=True,
@@ -71,11 +77,8 @@ def test_a_sweep_on_two_tpu_vms_whose_workers_train_together(tiny_data_dir,
   sweep_file = tmp_path / "lambd.py"
   sweep_file.write_text("from tandem.hyper import zipped\n\ndef get_sweep():\n"
                         "  return zipped(**{'barlow_twins.lambd': [0.005, 0.01]})\n")
-  env = {**os.environ, "PATH": FAKE + os.pathsep + os.environ["PATH"],
-         "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud.jsonl"),
-         "FAKE_TPU_ROOT": str(tmp_path / "tpus"),
-         "TANDEM_TPU_INSTALL": "python3 -m venv --system-site-packages ~/tandem_venv"}
-  os.makedirs(tmp_path / "tpus")
+  env = _fake_env(tmp_path,
+                  install="python3 -m venv --system-site-packages ~/tandem_venv")
   root, bucket = tmp_path / "root", tmp_path / "bucket"
   sweep = lambda *extra: subprocess.run(
       [sys.executable, "-m", "tandem.launch.sweep", "--config",

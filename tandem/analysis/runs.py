@@ -35,9 +35,7 @@ def steps(workdir: str) -> list[int]:
   return checkpoint.all_steps(workdir)
 
 
-def load(workdir: str, step: int | None = None, sharding=None) -> pretrained.Pretrained:
-  """One checkpoint (default: the latest), onto one device or `sharding`."""
-  return pretrained.load(workdir, step, sharding=sharding)
+load = pretrained.load  # One checkpoint (default: the latest), as `tandem.load`.
 
 
 def load_steps(workdir: str, which: Sequence[int] | None = None,
