@@ -110,11 +110,12 @@ def main():
   t = time.perf_counter()
   result = probe.linear_probe(train_x, train_y, test_x, test_y)
   probe_s = time.perf_counter() - t
+  chosen = result.details["linear_probe"]
   print(f"tandem probe (sweep {len(probe.DEFAULT_L2_GRID)} L2 + refit): {probe_s:.2f} s "
         f"({first_s:.2f} s first call, with compilation), test top-1 "
-        f"{result['test_top1']:.4f}, l2 {result['l2']:g}, refit iterations "
-        f"{result['iterations']}; {load()}")
-  l2 = result["l2"]
+        f"{result.accuracy:.4f}, l2 {chosen['l2']:g}, refit iterations "
+        f"{chosen['iterations']}; {load()}")
+  l2 = chosen["l2"]
 
   t = time.perf_counter()
   (w, b), iters = lbfgs.fit_logistic_regression(train_s, train_y, num_classes, l2)
@@ -165,7 +166,7 @@ def main():
           f"{sk_protocol_acc:.4f}, l2 {best:g}; {load()}")
     print(f"probe: tandem is {sk_protocol_s / probe_s:.1f}x faster "
           f"({sk_protocol_s / first_s:.1f}x counting compilation), test top-1 "
-          f"{result['test_top1'] - sk_protocol_acc:+.4f}")
+          f"{result.accuracy - sk_protocol_acc:+.4f}")
 
 
 if __name__ == "__main__":

@@ -212,8 +212,9 @@ def base(objective: str, dataset: str, data: dict, *, train_split: str) -> \
 def probe_evals(dataset: str, data: dict, *, every: int) -> dict:
   """Linear probe on frozen pre_logits of the pretraining dataset (L2 chosen on a
   validation split carved from train, never test), few-shot ridge and k-NN on the
-  same features (extracted once for all three). `every`: steps between
-  evaluations (0: only at the end of training)."""
+  same features (extracted once for all), and the label-free scores (RankMe,
+  alpha-ReQ, uniformity, collapse) of 10000 of its training examples. `every`:
+  steps between evaluations (0: only at the end of training)."""
   splits = dict(dataset=dataset, train_split=data["train_split"],
                 test_split=data["test_split"], max_train=0, max_test=0,
                 layer="pre_logits", batch_size=1024)
@@ -224,7 +225,9 @@ def probe_evals(dataset: str, data: dict, *, every: int) -> dict:
           baselines=False,
           **splits, num_val=min(10000, data["num_train"] // 6)),
       fewshot=dict(every=every, **splits, shots=(1, 5, 10, 25), seeds=(0, 1, 2)),
-      knn=dict(every=every, **splits, ks=(20, 200), temperature=0.07))
+      knn=dict(every=every, **splits, ks=(20, 200), temperature=0.07),
+      # Its own 10000 images (seeded): cheap enough to run more often than the probes.
+      label_free=dict(every=every, **{**splits, "max_train": 10000}))
 
 
 def image_text_evals(dataset: str, data: dict, *, every: int) -> dict:
@@ -257,7 +260,7 @@ def shrink_for_runlocal(config) -> None:
   config.checkpoint.every = 1
   for block in config.evals.values():
     block.every = 0
-  for name in ("linear_probe", "fewshot", "knn"):
+  for name in ("linear_probe", "fewshot", "knn", "label_free"):
     if name in config.evals:
       config.evals[name].update(max_train=256, max_test=256)
   if "linear_probe" in config.evals:

@@ -109,6 +109,33 @@ def test_fewshot_curve_several_runs():
     plots.fewshot_curve({"bt": {1: 0.5}})
 
 
+def test_fewshot_curve_and_confusion_matrix_take_an_evaluator_result(tmp_path):
+  from tandem.transfer import results  # pylint: disable=g-import-not-at-top
+  labels = np.array([0, 0, 0, 1, 1, 2])
+  fewshot = results.Result(
+      "fewshot", {"fewshot_1shot": 0.2, "fewshot_5shot": 0.5},
+      {"fewshot_1shot": np.zeros((2, 6), int),
+       "fewshot_5shot": np.array([[0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 2, 2]])},
+      labels, 3, {"fewshot_1shot": {"shots": 1, **FEWSHOT[1]},
+                  "fewshot_5shot": {"shots": 5, **FEWSHOT[5]}})
+  ax, = plots.fewshot_curve(fewshot).axes
+  np.testing.assert_allclose(ax.containers[0].lines[0].get_ydata(), [20.0, 50.0])
+  # Both seeds' predictions, rows by true class: class 0 (6 examples) was
+  # predicted 0 three times and 1 three times.
+  fig = plots.confusion_matrix(fewshot, setting="fewshot_5shot",
+                               class_names=["a", "b", "c"], path=tmp_path / "c.png")
+  check_saved(fig, tmp_path / "c.png")
+  image = image_axes(fig)[0].images[0].get_array()
+  np.testing.assert_allclose(image, [[0.5, 0.5, 0], [0, 0.75, 0.25], [0, 0, 1]])
+  assert image_axes(fig)[0].get_title() == "fewshot_5shot"
+  counts = plots.confusion_matrix(fewshot.confusion("fewshot_5shot"), normalize=False)
+  assert [t.get_text() for t in counts.axes[0].texts][:3] == ["3", "3", "0"]
+  with pytest.raises(ValueError, match="name one of"):
+    plots.confusion_matrix(fewshot)
+  with pytest.raises(ValueError, match="2 class names for 3"):
+    plots.confusion_matrix(fewshot.confusion("fewshot_1shot"), class_names=["a", "b"])
+
+
 def test_embedding_2d_pca_is_an_svd_projection(tmp_path):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(200, 6)) * np.array([5.0, 3.0, 1.0, 1.0, 0.5, 0.1])

@@ -344,3 +344,36 @@ def test_mismatched_views_and_bad_arguments_are_refused():
     rep.alpha_req(np.outer(x[:, 0], [1.0, 2.0, 3.0]), fit_range=(1, 3))
   with pytest.raises(ValueError, match="t must be positive"):
     rep.uniformity(x, t=0)
+
+
+# ------------------------------------------------- As an evaluator in pretraining
+
+
+def test_label_free_evaluator_scores_training_features_and_reads_no_label():
+  """`label_free` (config.evals) logs `label_free_metrics` of the task's training
+  features, subsampled (seeded) to `max_examples`; labels play no part."""
+  from tandem.transfer import label_free, protocol, report  # pylint: disable=g-import-not-at-top
+  images = _rng(2).integers(0, 255, (200, 4, 4, 1)).astype(np.uint8)
+  extract = lambda x, layer: x.reshape(len(x), -1).astype(np.float32) / 255.0
+
+  def task(labels):
+    return protocol.TaskData.carved(
+        "toy", 4, protocol.Split("train", images, labels),
+        protocol.Split("test", images[:20], labels[:20]), num_val=0, seed=0,
+        extract=extract)
+
+  labels = np.arange(200) % 4
+  data = task(labels)
+  records = label_free.evaluate_task(data, {"max_examples": 100, "seed": 3})
+  rows = np.sort(np.random.default_rng(3).choice(200, 100, replace=False))
+  expected = rep.label_free_metrics(extract(images[rows], None))
+  assert {r["metric"]: r["value"] for r in records} == pytest.approx(expected)
+  assert all(r["num_examples"] == 100 for r in records)
+  assert report.metrics(records)["label_free/pre_logits/rankme"] == pytest.approx(
+      expected["rankme"])
+  # Other labels, and the test split fenced off: the same scores.
+  other = task(_rng(1).permutation(labels))
+  with other.selection():
+    again = label_free.evaluate_task(other, {"max_examples": 100, "seed": 3})
+  assert [r["value"] for r in again] == [r["value"] for r in records]
+  assert protocol.get_evaluator("label_free") is label_free

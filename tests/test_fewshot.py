@@ -79,7 +79,7 @@ def test_periodic_evaluator_reports_every_seed_and_mean_std_over_seeds():
   expected = set()
   for s in shots:
     # Every seed on its own: a separate call that knows no other seed.
-    per_seed = [fewshot.fewshot(x, y, tx, ty, shots=(s,), seeds=(seed,))[s]["top1"][0]
+    per_seed = [fewshot.fewshot(x, y, tx, ty, shots=(s,), seeds=(seed,)).accuracy
                 for seed in seeds]
     assert len(set(per_seed)) > 1, per_seed  # Seeds differ, so std is not trivially 0.
     name = f"fewshot_{s}shot/pre_logits/test_top1"

@@ -47,7 +47,9 @@ def test_fewshot_ridge_equals_numpy_closed_form(n):
 def test_fewshot_end_to_end_matches_reference_and_never_uses_test_for_l2():
   x, y = _blobs(900, 6, 32, 0.4, 1)
   x, y, tx, ty = x[:600], y[:600], x[600:], y[600:]
-  result = fewshot.fewshot(x, y, tx, ty, shots=(5,), seeds=(0, 1))[5]
+  returned = fewshot.fewshot(x, y, tx, ty, shots=(5,), seeds=(0, 1))
+  result = returned.details["fewshot_5shot"]
+  assert returned.predictions["fewshot_5shot"].shape == (2, len(ty))
   for seed, l2, top1 in zip((0, 1), result["l2"], result["top1"]):
     idx = fewshot.draw_shots(y, 5, 6, seed)
     assert sorted(np.bincount(y[idx])) == [5] * 6
@@ -57,10 +59,13 @@ def test_fewshot_end_to_end_matches_reference_and_never_uses_test_for_l2():
     w = np.linalg.solve(prep(xs).T @ prep(xs) + l2 * np.eye(33),
                         prep(xs).T @ (2 * np.eye(6)[y[idx]] - 1))
     assert top1 == pytest.approx(np.mean(np.argmax(prep(tx) @ w, 1) == ty))
+    np.testing.assert_array_equal(returned.predictions["fewshot_5shot"][seed],
+                                  np.argmax(prep(tx) @ w, 1))
   assert result["mean"] == pytest.approx(np.mean(result["top1"]))
+  assert returned.accuracy == result["mean"]
   assert result["std"] == pytest.approx(np.std(result["top1"]))
   shuffled = fewshot.fewshot(x, y, tx, np.random.default_rng(0).permutation(ty),
-                             shots=(5,), seeds=(0, 1))[5]
+                             shots=(5,), seeds=(0, 1)).details["fewshot_5shot"]
   assert shuffled["l2"] == result["l2"]  # Chosen without test labels.
 
 
@@ -77,22 +82,30 @@ def test_knn_equals_brute_force():
     for i in range(len(tx)):
       np.add.at(votes[i], y[top[i]], np.exp(sim[i, top[i]] / 0.07))
     np.testing.assert_array_equal(preds[k], votes.argmax(1))
+  # The array form returns the same predictions, and every test example's
+  # neighbours, nearest first, with their similarities.
+  result = knn.knn(x, y, tx, y[:len(tx)], ks=(1, 20, 200))
+  np.testing.assert_array_equal(result.predictions["knn_k20_T0.07"], preds[20])
+  np.testing.assert_array_equal(result.neighbours,
+                                np.argsort(-sim, axis=1, kind="stable")[:, :200])
+  np.testing.assert_allclose(result.similarities, -np.sort(-sim, axis=1)[:, :200],
+                             atol=1e-5)
 
 
 def test_separable_features_give_100_and_random_features_give_chance():
   x, y = _blobs(1500, 10, 32, 10.0, 5)
   x, y, tx, ty = x[:1000], y[:1000], x[1000:], y[1000:]
-  assert probe.linear_probe(x, y, tx, ty, num_val=200)["test_top1"] == 1.0
-  assert fewshot.fewshot(x, y, tx, ty, shots=(1, 5))[1]["mean"] == 1.0
-  assert knn.knn(x, y, tx, ty) == {20: 1.0, 200: 1.0}
+  assert probe.linear_probe(x, y, tx, ty, num_val=200).accuracy == 1.0
+  assert fewshot.fewshot(x, y, tx, ty, shots=(1, 5))["fewshot_1shot"] == 1.0
+  assert knn.knn(x, y, tx, ty).top1 == {"knn_k20_T0.07": 1.0, "knn_k200_T0.07": 1.0}
   rng = np.random.default_rng(7)
   rx, ry = rng.normal(size=(1000, 32)), rng.integers(0, 10, 1000)
   rtx, rty = rng.normal(size=(4000, 32)), rng.integers(0, 10, 4000)
   tolerance = 0.03  # ~4.5 standard errors of a 4000-example accuracy at p = 0.1
-  assert abs(probe.linear_probe(rx, ry, rtx, rty, num_val=200)["test_top1"]
+  assert abs(probe.linear_probe(rx, ry, rtx, rty, num_val=200).accuracy
              - 0.1) < tolerance
-  assert abs(fewshot.fewshot(rx, ry, rtx, rty, shots=(10,))[10]["mean"] - 0.1) < tolerance
-  for top1 in knn.knn(rx, ry, rtx, rty).values():
+  assert abs(fewshot.fewshot(rx, ry, rtx, rty, shots=(10,)).accuracy - 0.1) < tolerance
+  for top1 in knn.knn(rx, ry, rtx, rty).top1.values():
     assert abs(top1 - 0.1) < tolerance
 
 
@@ -223,9 +236,44 @@ def test_command_line_reports_a_missing_checkpoint(tmp_path):
 def test_evaluators_are_callable_from_the_package():
   import tandem.transfer
   x, y = _blobs(300, 3, 8, 10.0, 0)
-  assert tandem.transfer.fewshot(x, y, x, y, shots=(1,), seeds=(0,))[1]["mean"] == 1.0
-  assert tandem.transfer.knn(x, y, x, y, ks=(5,)) == {5: 1.0}
-  assert tandem.transfer.linear_probe(x, y, x, y, num_val=50)["test_top1"] == 1.0
+  assert tandem.transfer.fewshot(x, y, x, y, shots=(1,), seeds=(0,)).accuracy == 1.0
+  assert tandem.transfer.knn(x, y, x, y, ks=(5,)).top1 == {"knn_k5_T0.07": 1.0}
+  assert tandem.transfer.linear_probe(x, y, x, y, num_val=50).accuracy == 1.0
+
+
+def test_one_result_format_predictions_confusion_and_classifier():
+  """All three array evaluators return a `Result` whose predictions give its
+  accuracies and confusion matrices; the probe's classifier reproduces them."""
+  import tandem.transfer
+  x, y = _blobs(600, 4, 8, 1.0, 2)
+  x, y, tx, ty = x[:400], y[:400], x[400:], y[400:]
+  results = [tandem.transfer.linear_probe(x, y, tx, ty, num_val=100),
+             tandem.transfer.knn(x, y, tx, ty, ks=(5, 20)),
+             tandem.transfer.fewshot(x, y, tx, ty, shots=(2, 5), seeds=(0, 1))]
+  for result in results:
+    assert isinstance(result, tandem.transfer.Result)
+    np.testing.assert_array_equal(result.labels, ty)
+    for setting, top1 in result.top1.items():
+      preds = result.predictions[setting]
+      assert top1 == pytest.approx(np.mean(preds == ty))
+      counts = result.confusion(setting)
+      assert counts.shape == (4, 4) and counts.sum() == preds.size
+      assert np.trace(counts) / counts.sum() == pytest.approx(top1)
+      np.testing.assert_array_equal(counts.sum(1), np.bincount(ty, minlength=4) *
+                                    (preds.size // len(ty)))  # Rows: true class.
+      assert 0.25 < top1 < 1.0  # Overlapping blobs: neither chance nor perfect.
+  lp, nn, fs = results
+  np.testing.assert_array_equal(lp.classifier.predict(tx), lp.predictions["linear_probe"])
+  assert lp.accuracy == lp["linear_probe"] and set(lp.details["linear_probe"]) >= {
+      "l2", "val_top1", "train_top1", "iterations"}
+  assert nn.neighbours.shape == nn.similarities.shape == (len(tx), 20)
+  assert np.all(np.diff(nn.similarities, axis=1) <= 1e-6)  # Nearest first.
+  assert fs.predictions["fewshot_5shot"].shape == (2, len(tx))
+  assert set(fs.top1) == {"fewshot_2shot", "fewshot_5shot"}
+  with pytest.raises(ValueError, match="has 2 settings; name one of"):
+    nn.accuracy  # pylint: disable=pointless-statement
+  with pytest.raises(KeyError, match="knn_k5_T0.07"):
+    nn["knn_k7"]  # pylint: disable=pointless-statement
 
 
 @pytest.fixture(scope="module")

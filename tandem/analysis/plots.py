@@ -1,6 +1,6 @@
 """Matplotlib figures for notebooks: training curves, few-shot curves, 2-D
-embeddings, nearest-neighbour grids, CKA heatmaps, image grids, suite comparisons
-and one score against another.
+embeddings, nearest-neighbour grids, CKA heatmaps, confusion matrices, image grids,
+suite comparisons and one score against another.
 
     log = analysis.read_metrics("/tmp/bt")
     plots.training_curves(log.train, ("loss", "lr"), evals=log.evals)
@@ -106,7 +106,16 @@ def training_curves(train: pd.DataFrame, columns: Sequence[str] = ("loss",), *,
   return _finish(fig, path)
 
 
+def _shots_table(results):
+  """A few-shot `tandem.transfer.Result` as {shots: {"mean", "std", ...}}; other
+  values unchanged."""
+  if getattr(results, "evaluator", None) == "fewshot":
+    return {d["shots"]: d for d in results.details.values()}
+  return results
+
+
 def _is_fewshot(results) -> bool:
+  results = _shots_table(results)
   return (isinstance(results, Mapping) and bool(results)
           and all(isinstance(v, Mapping) and "mean" in v for v in results.values()))
 
@@ -115,17 +124,18 @@ def fewshot_curve(results: dict, *, path: str | None = None, label: str | None =
                   ax=None) -> Figure:
   """Mean few-shot test top-1 (%) against shots (log2 axis), ± std over seeds.
 
-  `results` is `tandem.transfer.fewshot`'s {shots: {"mean", "std", ...}} (keys
-  may be strings, as after JSON), or {label: such a dict} for one line per run.
+  `results` is what `tandem.transfer.fewshot` returns, or {shots: {"mean", "std",
+  ...}} (keys may be strings, as after JSON), or {label: either} for one line per
+  run.
   Draws on `ax` when given (another call's axis, to overlay runs).
 
   Returns the figure (`ax`'s when given); any other `results` raises ValueError.
   """
   if _is_fewshot(results):
-    runs = {label: results}
+    runs = {label: _shots_table(results)}
   elif (isinstance(results, Mapping) and results
         and all(_is_fewshot(v) for v in results.values())):
-    runs = dict(results)
+    runs = {name: _shots_table(run) for name, run in results.items()}
   else:
     raise ValueError("fewshot_curve: expected {shots: {'mean', 'std', ...}} or "
                      "{label: {shots: {'mean', 'std', ...}}}")
@@ -268,6 +278,55 @@ def cka_heatmap(matrix, names_a: Sequence[str], names_b: Sequence[str] | None = 
                 ha="right")
   ax.set_yticks(range(len(names_a)), [str(n) for n in names_a])
   fig.colorbar(image, ax=ax, label="linear CKA")
+  if title:
+    ax.set_title(title)
+  return _finish(fig, path)
+
+
+def confusion_matrix(result, *, setting: str | None = None,
+                     class_names: Sequence[str] | None = None, normalize: bool = True,
+                     path: str | None = None, title: str | None = None) -> Figure:
+  """A confusion matrix: true class in rows, predicted class in columns.
+
+  `result` is a `tandem.transfer.Result` (its `setting`, optional when it has
+  one; zero-shot and other predictions: build one or pass a matrix) or a [C, C]
+  count matrix. With `normalize` each row is divided by its count, so a cell is
+  the fraction of that class predicted as the column's (the diagonal is the
+  per-class recall); every cell is annotated.
+
+  Returns the figure; a matrix that is not square, or class names of another
+  length, raise ValueError.
+  """
+  if hasattr(result, "confusion"):
+    if title is None:
+      title = result._setting(setting)  # pylint: disable=protected-access
+    counts = result.confusion(setting)
+  else:
+    counts = np.asarray(result)
+  if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+    raise ValueError(f"confusion_matrix: expected a [C, C] matrix, got shape "
+                     f"{counts.shape}")
+  c = len(counts)
+  if class_names is not None and len(class_names) != c:
+    raise ValueError(f"confusion_matrix: {len(class_names)} class names for {c} "
+                     "classes")
+  values = counts.astype(np.float64)
+  if normalize:
+    values = values / np.maximum(values.sum(axis=1, keepdims=True), 1)
+  names = [_name(i, class_names) for i in range(c)]
+  fig, ax = _subplots(figsize=(max(4.0, 0.55 * c + 2), max(3.5, 0.5 * c + 1.5)))
+  image = ax.imshow(values, cmap="Blues", vmin=0,
+                    vmax=1 if normalize else max(values.max(), 1))
+  top = values.max() if values.size else 0
+  for i, j in np.ndindex(values.shape):
+    text = f"{values[i, j]:.2f}" if normalize else f"{int(counts[i, j])}"
+    ax.text(j, i, text, ha="center", va="center", fontsize=6,
+            color="white" if values[i, j] > 0.5 * (1 if normalize else top) else "black")
+  ax.set_xticks(range(c), names, rotation=45, ha="right", fontsize=7)
+  ax.set_yticks(range(c), names, fontsize=7)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  fig.colorbar(image, ax=ax, label="fraction of the class" if normalize else "count")
   if title:
     ax.set_title(title)
   return _finish(fig, path)

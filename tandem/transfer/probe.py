@@ -15,6 +15,7 @@ import numpy as np
 
 from tandem.transfer import lbfgs
 from tandem.transfer import protocol
+from tandem.transfer import results
 
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -23,6 +24,12 @@ def evaluate_task(data: protocol.TaskData, settings, model=None) -> list[dict]:
   """The linear probe's record on one task. Settings: `layer` (default pre_logits),
   `l2_grid`, `max_iter`, `seed` (the solver's row draws)."""
   del model  # Features come through `data`.
+  return [_probe(data, settings)[0]]
+
+
+def _probe(data: protocol.TaskData, settings
+           ) -> tuple[dict, results.LinearClassifier, np.ndarray]:
+  """(record, classifier, test predictions) of `evaluate_task`."""
   layer = settings.get("layer", "pre_logits")
   l2_grid = tuple(settings.get("l2_grid", DEFAULT_L2_GRID))
   max_iter = int(settings.get("max_iter", lbfgs.DEFAULT_MAX_ITER))
@@ -48,20 +55,26 @@ def evaluate_task(data: protocol.TaskData, settings, model=None) -> list[dict]:
     params, iters = lbfgs.solve(device, k, best, solutions[best], max_iter, None,
                                 lbfgs.DEFAULT_TOL, seed)
     train_top1 = lbfgs.accuracy(params, x, y)
-  test_x = (data.features("test", layer) - mean) / std
-  return [{"evaluator": "linear_probe", "metric": "test_top1", "layer": layer,
-           "value": lbfgs.accuracy(params, test_x, data.test.labels), "l2": best,
-           "val_top1": scores[best], "train_top1": train_top1, "iterations": iters,
-           "protocol": (f"multinomial logistic regression on standardised features; "
-                        f"L2 from {sorted(l2_grid)} chosen on {len(val)} val "
-                        f"examples, refit on train+val; test top-1")}]
+  classifier = results.LinearClassifier(*(np.asarray(p, np.float32) for p in params),
+                                        mean=mean, std=std)
+  predictions = classifier.predict(data.features("test", layer))
+  return {"evaluator": "linear_probe", "metric": "test_top1", "layer": layer,
+          "value": float(np.mean(predictions == data.test.labels)), "l2": best,
+          "val_top1": scores[best], "train_top1": train_top1, "iterations": iters,
+          "protocol": (f"multinomial logistic regression on standardised features; "
+                       f"L2 from {sorted(l2_grid)} chosen on {len(val)} val "
+                       f"examples, refit on train+val; test top-1")
+          }, classifier, predictions
 
 
 def linear_probe(train_x, train_y, test_x, test_y, *, num_val: int = 10000,
                  l2_grid=DEFAULT_L2_GRID, seed: int = 0,
-                 max_iter: int = lbfgs.DEFAULT_MAX_ITER) -> dict:
-  """Linear-probe top-1 on test of features given as arrays, with L2 chosen on
-  `num_val` examples carved from train (seeded): `evaluate_task`'s record."""
+                 max_iter: int = lbfgs.DEFAULT_MAX_ITER) -> results.Result:
+  """Linear probe of features given as arrays, with L2 chosen on `num_val`
+  examples carved from train (seeded), as `evaluate_task` does it: a
+  `tandem.transfer.Result` with the test top-1 and predictions (setting
+  `linear_probe`), the choices in `details` (l2, val_top1, train_top1,
+  iterations) and the fitted `classifier` (applies to raw features)."""
   train_x = protocol.check_finite(np.asarray(train_x, np.float32),
                                   "linear_probe: train features")
   test_x = protocol.check_finite(np.asarray(test_x, np.float32),
@@ -74,7 +87,11 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_val: int = 10000,
       protocol.Split("train", train_x, train_y),
       protocol.Split("test", test_x, test_y), num_val=num_val, seed=seed,
       extract=lambda x, layer: x)  # The "images" are the features.
-  record, = evaluate_task(data, dict(l2_grid=l2_grid, seed=seed, max_iter=max_iter,
-                                     layer="features"))
-  return {"test_top1": record["value"], **{k: record[k] for k in (
-      "train_top1", "val_top1", "l2", "iterations", "protocol")}}
+  record, classifier, predictions = _probe(data, dict(
+      l2_grid=l2_grid, seed=seed, max_iter=max_iter, layer="features"))
+  return results.Result(
+      "linear_probe", {"linear_probe": record["value"]},
+      {"linear_probe": predictions}, test_y, data.num_classes,
+      {"linear_probe": {k: record[k] for k in (
+          "train_top1", "val_top1", "l2", "iterations", "protocol")}},
+      classifier=classifier)

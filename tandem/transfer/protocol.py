@@ -40,7 +40,8 @@ EVALUATORS = {"linear_probe": "tandem.transfer.probe",
               "knn": "tandem.transfer.neighbors",
               "finetune": "tandem.transfer.finetune",
               "zeroshot": "tandem.transfer.zeroshot",
-              "retrieval": "tandem.transfer.retrieval"}
+              "retrieval": "tandem.transfer.retrieval",
+              "label_free": "tandem.transfer.label_free"}
 
 
 def get_evaluator(name: str, module: str | None = None):

@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from tandem.transfer import protocol
+from tandem.transfer import results
 
 DEFAULT_SHOTS = (1, 5, 10, 25)
 DEFAULT_SEEDS = (0, 1, 2)
@@ -126,12 +127,13 @@ def fewshot(train_x, train_y, test_x, test_y, *, shots: Sequence[int] = DEFAULT_
             seeds: Sequence[int] = DEFAULT_SEEDS,
             l2_grid: Sequence[float] = DEFAULT_L2_GRID,
             num_heldout: int = DEFAULT_NUM_HELDOUT,
-            num_classes: int | None = None) -> dict[int, dict]:
-  """Few-shot ridge top-1 on test for every number of shots.
-
-  Returns {shots: {"mean", "std", "top1" (per seed), "l2" (per seed),
-  "heldout_top1" (per seed)}}. A value of `shots` that the training data cannot
-  supply raises `NotEnoughExamplesError`.
+            num_classes: int | None = None) -> results.Result:
+  """Few-shot ridge of features given as arrays, for every number of shots: a
+  `tandem.transfer.Result` with settings `fewshot_{s}shot`, whose top-1 is the
+  mean over seeds and whose predictions are [seeds, N_test]; `details` holds the
+  shots, the mean and std over seeds, and per seed the top-1, chosen L2 and
+  held-out top-1. A value of `shots` that the training data cannot supply raises
+  `NotEnoughExamplesError`.
   """
   protocol.check_finite(np.asarray(train_x), "fewshot: train features")
   protocol.check_finite(np.asarray(test_x), "fewshot: test features")
@@ -141,9 +143,15 @@ def fewshot(train_x, train_y, test_x, test_y, *, shots: Sequence[int] = DEFAULT_
   selected = {s: [select(train_x, train_y, num_classes, s, seed, l2_grid=l2_grid,
                          num_heldout=num_heldout) for seed in seeds]
               for s in shots}  # All selection happens before test is looked at.
-  return {s: summarise([fit["solver"].accuracy(test_x, test_y, fit["l2"])
-                        for fit in fits], fits)
-          for s, fits in selected.items()}
+  predictions, details = {}, {}
+  for s, fits in selected.items():
+    name = f"fewshot_{s}shot"
+    predictions[name] = np.stack([fit["solver"].predict(test_x, fit["l2"])
+                                  for fit in fits])
+    details[name] = {"shots": s, "seeds": list(seeds), **summarise(
+        [float(np.mean(p == test_y)) for p in predictions[name]], fits)}
+  return results.Result("fewshot", {n: d["mean"] for n, d in details.items()},
+                        predictions, test_y, num_classes, details)
 
 
 def summarise(top1: list[float], fits: list[dict]) -> dict:
