@@ -4,6 +4,7 @@
     feats = model.embed(images_uint8, layer="pre_logits", batch_size=256)
     model.layers                             # ["stem", "stage1", ..., "pre_logits"]
     per_layer = model.embed(images, layer=["stage1", "pre_logits"], pooling="flatten")
+    clip.embed_images(images), clip.embed_texts(["a red circle"])  # CLIP/SigLIP
 
 Only the params (and batch-norm statistics needed for eval-mode features) are
 restored, on the first local device (or onto `sharding`, e.g. a mesh), whatever
@@ -31,6 +32,8 @@ class Pretrained:
   model_state: Any
   step: int
   workdir: str = ""  # Where it was loaded from (absolute).
+  _image_text: Any = dataclasses.field(default=None, init=False, repr=False,
+                                       compare=False)
 
   @property
   def variables(self) -> dict:
@@ -62,6 +65,33 @@ class Pretrained:
                                   layers=names, pooling=pooling,
                                   batch_size=batch_size, mesh=mesh)
     return out[layer] if isinstance(layer, str) else out
+
+  @property
+  def has_text_tower(self) -> bool:
+    """Whether this is a two-tower (CLIP/SigLIP) checkpoint."""
+    return "text" in self.config.input
+
+  def _embedder(self, batch_size: int):
+    if not self.has_text_tower:
+      raise ValueError(
+          f"This {self.config.objective} checkpoint has no text tower: image-text "
+          "embeddings need a CLIP/SigLIP checkpoint (`embed` gives image features "
+          "of any checkpoint).")
+    if self._image_text is None:  # Compiled once per checkpoint object.
+      self._image_text = features.ImageTextEmbedder(self.config, batch_size)
+    self._image_text.batch_size = batch_size
+    return self._image_text
+
+  def embed_images(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """[N, D] L2-normalised image embeddings in the joint image-text space of a
+    CLIP/SigLIP checkpoint (uint8 NHWC images of any size and channel count, the
+    checkpoint's own preprocessing): what zero-shot and retrieval compare."""
+    return self._embedder(batch_size).images(self.variables, images)
+
+  def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """[N, D] L2-normalised text embeddings of a CLIP/SigLIP checkpoint (its own
+    tokenizer; texts longer than the text tower's length are cut)."""
+    return self._embedder(batch_size).texts(self.variables, list(texts))
 
 
 def load(workdir: str, step: int | None = None, check_model: bool = True,

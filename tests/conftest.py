@@ -87,6 +87,25 @@ def tiny_data_dir(tmp_path_factory):
                                     tmp_path_factory.mktemp("tfds"))
 
 
+@pytest.fixture(scope="session")
+def image_text_setup(tmp_path_factory):
+  """(workdir, data dir): a CLIP runlocal checkpoint trained on a tiny
+  captioned_shapes, and a data dir with that dataset (retrieval, zero-shot) and a
+  tiny Fashion-MNIST (a task with class names)."""
+  data_dir = tmp_path_factory.mktemp("image_text_data")
+  # 1,000 training examples: VTAB's train800 + val200 fit.
+  prepare_fake_fashion_mnist(tmp_path_factory.mktemp("idx_1000"), data_dir,
+                             num_train=1000, num_test=100)
+  prepare_tiny_captioned_shapes(data_dir)
+  workdir = tmp_path_factory.mktemp("clip")
+  config = load_config(os.path.join(ROOT, "configs/ssl/clip.py"), "runlocal")
+  config.data_dir = str(data_dir)
+  config.evals = {}
+  from tandem.ssl import train  # pylint: disable=g-import-not-at-top
+  train.train(config, str(workdir))
+  return str(workdir), str(data_dir)
+
+
 # Tests of a minute or more from a cold compilation cache (processes started
 # through SLURM, the fake gcloud, several trainings): run first, so that none
 # starts last and leaves one worker running alone at the end.

@@ -136,6 +136,26 @@ def test_fewshot_curve_and_confusion_matrix_take_an_evaluator_result(tmp_path):
     plots.confusion_matrix(fewshot.confusion("fewshot_1shot"), class_names=["a", "b"])
 
 
+def test_retrieval_grid_rows_are_queries_and_frames_mark_hits(tmp_path):
+  gallery = np.arange(5 * 4 * 4).reshape(5, 4, 4).astype(np.uint8)
+  fig = plots.retrieval_grid(["a red circle", "two squares"], gallery,
+                             [[4, 0, 2], [1, 3, 0]],
+                             hits=[[True, False, False], [False, False, True]],
+                             path=tmp_path / "r.png")
+  check_saved(fig, tmp_path / "r.png")
+  axes = np.array(fig.axes).reshape(2, 4)
+  assert axes[0, 0].texts[0].get_text() == "a red circle" and not axes[0, 0].images
+  np.testing.assert_array_equal(axes[0, 1].images[0].get_array(), gallery[4])
+  np.testing.assert_array_equal(axes[1, 3].images[0].get_array(), gallery[0])
+  green, red = (0.0, 0.5019607843137255, 0.0, 1.0), (1.0, 0.0, 0.0, 1.0)
+  assert axes[0, 1].spines["top"].get_edgecolor() == green
+  assert axes[0, 2].spines["top"].get_edgecolor() == red
+  with pytest.raises(ValueError, match=r"\[Q=2, k\]"):
+    plots.retrieval_grid(["a", "b"], gallery, [[0, 1]])
+  with pytest.raises(ValueError, match="hits of shape"):
+    plots.retrieval_grid(["a"], gallery, [[0, 1]], hits=[[True]])
+
+
 def test_embedding_2d_pca_is_an_svd_projection(tmp_path):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(200, 6)) * np.array([5.0, 3.0, 1.0, 1.0, 0.5, 0.1])

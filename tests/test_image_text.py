@@ -123,7 +123,9 @@ def test_sentencepiece_unk_is_attended_and_pooling_reads_the_real_eos(tmp_path):
   np.testing.assert_allclose(out["pre_logits"], out["tokens"][np.arange(3), eos],
                              rtol=1e-6)
   changed = np.abs(moved - out["pre_logits"]).max(axis=1)
-  assert (changed[:2] > 0.1).all() and changed[2] == 0.0  # Only texts with <unk>.
+  # Only texts with <unk> change (the other by round-off at most: the two applies
+  # are fused differently).
+  assert (changed[:2] > 0.1).all() and changed[2] < 1e-5, changed
 
 
 def test_zeroshot_top1_and_class_embeddings():
@@ -138,6 +140,14 @@ def test_zeroshot_top1_and_class_embeddings():
   images = classes[labels] + 0.05 * rng.normal(size=(50, 8))
   assert zeroshot.zeroshot_top1(images, emb, labels) == 1.0
   assert zeroshot.zeroshot_top1(images, emb, (labels + 1) % 4) == 0.0
+  # The array form for notebooks: the same answer as a Result, with predictions.
+  result = zeroshot.zeroshot_classify(images, emb, (labels + 1) % 4)
+  assert result.accuracy == 0.0
+  np.testing.assert_array_equal(result.predictions["zeroshot"], labels)
+  assert result.confusion().sum() == 50 and np.trace(result.confusion()) == 0
+  assert result.details["zeroshot"]["similarities"].shape == (50, 4)
+  with pytest.raises(ValueError, match="do not fit"):
+    zeroshot.zeroshot_classify(images, emb[:, :4], labels)
 
 
 def test_recall_at_k_matches_brute_force():
@@ -154,6 +164,12 @@ def test_recall_at_k_matches_brute_force():
     assert got[f"t2i_recall@{k}"] == pytest.approx(t2i)
   perfect = retrieval.recall_at_k(image_emb, image_emb, captions, texts)
   assert perfect["i2t_recall@1"] == perfect["t2i_recall@1"] == 1.0
+  # `ranked`: the same rankings, as indices for a notebook's grids.
+  top_texts, top_images = retrieval.ranked(image_emb, text_emb, k=5)
+  np.testing.assert_array_equal(top_texts, np.argsort(-sim, axis=1)[:, :5])
+  np.testing.assert_array_equal(top_images, np.argsort(-sim.T, axis=1)[:, :5])
+  assert np.mean((top_texts == np.arange(12)[:, None]).any(1)) == pytest.approx(
+      got["i2t_recall@5"])
 
 
 def test_recall_counts_identical_caption_text_as_correct():

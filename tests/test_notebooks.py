@@ -1,5 +1,5 @@
 """Every notebook in notebooks/ runs headless (nbclient, a fresh IPython kernel)
-on runlocal checkpoints made here, pointed at them through its parameters'
+on runlocal checkpoints made here (Barlow Twins; CLIP for image_text.ipynb), pointed at them through its parameters'
 environment variables; any error in any cell fails the test, and each must finish
 within a minute."""
 import os
@@ -30,7 +30,8 @@ def checkpoints(tiny_data_dir, tmp_path_factory):
 
 
 def test_notebooks_are_stored_without_outputs():
-  assert {"analyse_checkpoint.ipynb", "compare_checkpoints.ipynb"} <= set(NOTEBOOKS)
+  assert {"analyse_checkpoint.ipynb", "compare_checkpoints.ipynb",
+          "image_text.ipynb"} <= set(NOTEBOOKS)
   for name in NOTEBOOKS:
     notebook = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
     for cell in notebook.cells:
@@ -39,11 +40,16 @@ def test_notebooks_are_stored_without_outputs():
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_headless(name, checkpoints, tiny_data_dir, tmp_path,
-                                monkeypatch):
-  monkeypatch.setenv("TANDEM_WORKDIR", checkpoints[0])
-  monkeypatch.setenv("TANDEM_WORKDIRS", ",".join(checkpoints))
-  monkeypatch.setenv("TANDEM_DATA_DIR", tiny_data_dir)
+def test_notebook_runs_headless(name, tmp_path, monkeypatch, request):
+  if name == "image_text.ipynb":  # A CLIP checkpoint on a tiny captioned_shapes.
+    clip_workdir, data_dir = request.getfixturevalue("image_text_setup")
+    monkeypatch.setenv("TANDEM_CLIP_WORKDIR", clip_workdir)
+  else:  # Barlow Twins checkpoints on a tiny Fashion-MNIST.
+    checkpoints = request.getfixturevalue("checkpoints")
+    data_dir = request.getfixturevalue("tiny_data_dir")
+    monkeypatch.setenv("TANDEM_WORKDIR", checkpoints[0])
+    monkeypatch.setenv("TANDEM_WORKDIRS", ",".join(checkpoints))
+  monkeypatch.setenv("TANDEM_DATA_DIR", data_dir)
   monkeypatch.setenv("TANDEM_DATASET", "fashion_mnist")
   monkeypatch.setenv("TANDEM_MAX_EXAMPLES", "0")
   monkeypatch.setenv("TANDEM_FEATURE_CACHE", str(tmp_path / "features"))
@@ -61,5 +67,7 @@ def test_notebook_runs_headless(name, checkpoints, tiny_data_dir, tmp_path,
   text = "".join(o.get("text", "") for o in outputs)
   if name == "compare_checkpoints.ipynb":  # Same architecture: the path was walked.
     assert "error barrier:" in text, text
+  elif name == "image_text.ipynb":
+    assert "zero-shot top-1" in text, text
   else:
     assert "linear probe" in text, text

@@ -10,10 +10,12 @@ import sys
 import numpy as np
 import pytest
 
+import tandem
 from tandem import checkpoint
 from tandem.data import dsprites_like
 from tandem.data import prepare
 from tandem.ssl import train
+from tandem.transfer import features
 from tandem.transfer import neighbors as knn
 from tandem.transfer import probe
 from tandem.transfer import protocol
@@ -21,7 +23,6 @@ from tandem.transfer import ridge as fewshot
 from tandem.transfer import run
 
 from conftest import ROOT, bt_config, load_config, toy_task_data
-from conftest import prepare_fake_fashion_mnist, prepare_tiny_captioned_shapes
 
 
 def _blobs(n, num_classes, dim, sep, seed):
@@ -276,27 +277,21 @@ def test_one_result_format_predictions_confusion_and_classifier():
     nn["knn_k7"]  # pylint: disable=pointless-statement
 
 
-@pytest.fixture(scope="module")
-def image_text_setup(tmp_path_factory):
-  """A CLIP runlocal checkpoint trained on a tiny captioned_shapes, and a data dir
-  with that dataset (retrieval) and the tiny Fashion-MNIST (a task with class names)."""
-  data_dir = tmp_path_factory.mktemp("image_text_data")
-  # 1,000 training examples: VTAB's train800 + val200 fit.
-  prepare_fake_fashion_mnist(tmp_path_factory.mktemp("idx_1000"), data_dir,
-                             num_train=1000, num_test=100)
-  prepare_tiny_captioned_shapes(data_dir)
-  workdir = tmp_path_factory.mktemp("clip")
-  config = load_config(os.path.join(ROOT, "configs/ssl/clip.py"), "runlocal")
-  config.data_dir = str(data_dir)
-  config.evals = {}
-  train.train(config, str(workdir))
-  return str(workdir), str(data_dir)
-
-
 def test_suite_scores_zeroshot_retrieval_and_finetune_end_to_end(image_text_setup,
                                                                  bt_checkpoint,
                                                                  tmp_path, capsys):
   clip_dir, data_dir = image_text_setup
+  # The notebook API: joint embeddings of the same checkpoint, L2-normalised.
+  clip = tandem.load(clip_dir)
+  images = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), np.uint8)
+  image_emb, text_emb = clip.embed_images(images), clip.embed_texts(["a", "b c"])
+  np.testing.assert_allclose(np.linalg.norm(image_emb, axis=1), 1.0, rtol=1e-5)
+  assert text_emb.shape == (2, image_emb.shape[1])
+  embedder = features.ImageTextEmbedder(clip.config)
+  np.testing.assert_allclose(image_emb, embedder.images(clip.variables, images),
+                             atol=1e-6)
+  with pytest.raises(ValueError, match="no text tower"):
+    tandem.load(bt_checkpoint).embed_texts(["a"])
   config = _transfer_config(
       "fashion_mnist,evaluators=linear_probe+zeroshot+retrieval+finetune,runlocal",
       clip_dir, data_dir, str(tmp_path / "clip"))

@@ -1,6 +1,6 @@
 """Matplotlib figures for notebooks: training curves, few-shot curves, 2-D
-embeddings, nearest-neighbour grids, CKA heatmaps, confusion matrices, image grids,
-suite comparisons and one score against another.
+embeddings, nearest-neighbour and text-to-image retrieval grids, CKA heatmaps,
+confusion matrices, image grids, suite comparisons and one score against another.
 
     log = analysis.read_metrics("/tmp/bt")
     plots.training_curves(log.train, ("loss", "lr"), evals=log.evals)
@@ -252,6 +252,42 @@ def neighbours_grid(query_images, gallery_images, indices, *, query_labels=None,
         color = "green" if gallery_labels[j] == query_label else "red"
       axes[row, col].set_title(_name(gallery_labels[j], class_names), fontsize=8,
                                color=color)
+  return _finish(fig, path)
+
+
+def retrieval_grid(queries: Sequence[str], gallery_images, indices, *,
+                   hits=None, path: str | None = None) -> Figure:
+  """One row per text query: the query's text, then its top-k gallery images
+  (`indices` [Q, k], best first, e.g. `tandem.transfer.ranked`'s text→image).
+  `hits` [Q, k] booleans (whether each image is a correct match) colour the
+  frames: green when correct, red when not.
+
+  Returns the figure; `indices` (or `hits`) of another shape raise ValueError.
+  """
+  indices = np.asarray(indices)
+  if indices.ndim != 2 or len(indices) != len(queries):
+    raise ValueError(f"retrieval_grid: indices must be [Q={len(queries)}, k], got "
+                     f"shape {indices.shape}")
+  if hits is not None and np.shape(hits) != indices.shape:
+    raise ValueError(f"retrieval_grid: hits of shape {np.shape(hits)} for indices "
+                     f"of shape {indices.shape}")
+  q, k = indices.shape
+  fig, axes = _subplots(q, k + 1, figsize=(1.4 * k + 2.6, 1.5 * q), squeeze=False,
+                        gridspec_kw={"width_ratios": [2.2] + [1] * k})
+  for row in range(q):
+    axes[row, 0].axis("off")
+    axes[row, 0].text(1.0, 0.5, str(queries[row]), ha="right", va="center",
+                      fontsize=8, wrap=True, transform=axes[row, 0].transAxes)
+    for col, j in enumerate(indices[row], start=1):
+      ax = axes[row, col]
+      _show(ax, gallery_images[j])
+      if hits is not None:
+        color = "green" if hits[row][col - 1] else "red"
+        for spine in ax.spines.values():
+          spine.set_visible(True)
+          spine.set_color(color)
+          spine.set_linewidth(2.5)
+      ax.set_title(f"#{col}", fontsize=7)
   return _finish(fig, path)
 
 

@@ -6,7 +6,9 @@
 
 All three return a `tandem.transfer.Result` (`results.py`): the test top-1 of each
 setting, its predictions and confusion matrix, the protocol's choices, and the
-k-NN neighbours or the probe's classifier.
+k-NN neighbours or the probe's classifier. For CLIP/SigLIP embeddings
+(`Pretrained.embed_images` / `embed_texts`): `class_embeddings` and
+`zeroshot_classify` (also a `Result`), `recall_at_k` and `ranked` (retrieval).
 
 These are the array forms of the evaluators `tandem.transfer.ridge` (few-shot),
 `probe` (linear probe) and `neighbors` (k-NN), whose `evaluate_task` the suite
@@ -17,7 +19,9 @@ imported from its module on first use, so importing a NumPy-only module such as
 import importlib
 
 _MODULE_OF = {"knn": "neighbors", "linear_probe": "probe", "fewshot": "ridge",
-              "Result": "results", "LinearClassifier": "results"}
+              "Result": "results", "LinearClassifier": "results",
+              "class_embeddings": "zeroshot", "zeroshot_classify": "zeroshot",
+              "recall_at_k": "retrieval", "ranked": "retrieval"}
 
 __all__ = sorted(_MODULE_OF)
 

@@ -50,6 +50,16 @@ def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray,
   return out
 
 
+def ranked(image_emb: np.ndarray, text_emb: np.ndarray, k: int = 5
+           ) -> tuple[np.ndarray, np.ndarray]:
+  """(top texts of every image [N_images, k], top images of every text
+  [N_texts, k]): indices by cosine similarity of L2-normalised embeddings, best
+  first, as `recall_at_k` ranks them."""
+  sim = np.asarray(image_emb, np.float32) @ np.asarray(text_emb, np.float32).T
+  return (np.argsort(-sim, axis=1, kind="stable")[:, :k],
+          np.argsort(-sim.T, axis=1, kind="stable")[:, :k])
+
+
 @dataclasses.dataclass
 class Pairs:
   """Images and their captions (a list of strings per image): retrieval's data."""

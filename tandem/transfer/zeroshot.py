@@ -13,11 +13,15 @@ from typing import Sequence
 import numpy as np
 
 from tandem.data import captions as captions_lib
+from tandem.transfer import results
 
 
 def class_embeddings(embed_texts, class_names: Sequence[str],
-                     templates: Sequence[str]) -> np.ndarray:
-  """[C, D] renormalised mean prompt embedding per class; `embed_texts(list) -> [N, D]`."""
+                     templates: Sequence[str] | None = None) -> np.ndarray:
+  """[C, D] renormalised mean prompt embedding per class; `embed_texts(list) -> [N, D]`
+  (e.g. a CLIP checkpoint's `embed_texts`); `templates` default to
+  `tandem.data.captions.TEMPLATES`."""
+  templates = tuple(templates or captions_lib.TEMPLATES)
   prompts = [t.format(name) for name in class_names for t in templates]
   emb = np.asarray(embed_texts(prompts), np.float32)
   emb = emb.reshape(len(class_names), len(templates), -1).mean(axis=1)
@@ -28,6 +32,26 @@ def zeroshot_top1(image_emb: np.ndarray, class_emb: np.ndarray,
                   labels: np.ndarray) -> float:
   predictions = np.argmax(image_emb @ class_emb.T, axis=-1)
   return float(np.mean(predictions == np.asarray(labels)))
+
+
+def zeroshot_classify(image_emb, class_emb, labels) -> results.Result:
+  """Zero-shot classification of L2-normalised image embeddings [N, D] by the
+  class embeddings [C, D] (`class_embeddings`): a `tandem.transfer.Result` with
+  setting `zeroshot` (top-1, predictions, confusion) and the cosine similarity of
+  every image to every class in `details["zeroshot"]["similarities"]` [N, C]."""
+  image_emb, class_emb = (np.asarray(a, np.float32) for a in (image_emb, class_emb))
+  labels = np.asarray(labels)
+  if image_emb.ndim != 2 or class_emb.ndim != 2 or \
+      image_emb.shape[1] != class_emb.shape[1] or len(labels) != len(image_emb):
+    raise ValueError(f"zeroshot_classify: image embeddings {image_emb.shape}, class "
+                     f"embeddings {class_emb.shape} and labels {labels.shape} do not "
+                     "fit ([N, D], [C, D], [N]).")
+  similarities = image_emb @ class_emb.T
+  predictions = np.argmax(similarities, axis=-1)
+  return results.Result(
+      "zeroshot", {"zeroshot": float(np.mean(predictions == labels))},
+      {"zeroshot": predictions}, labels, len(class_emb),
+      {"zeroshot": {"similarities": similarities}})
 
 
 PROTOCOL = "class-name prompts, embeddings averaged over templates"
