@@ -125,10 +125,12 @@ def pytest_configure(config):
   cache = os.environ.get("TANDEM_TEST_COMPILATION_CACHE",
                          os.path.join(os.path.expanduser("~"), ".cache", "tandem-xla"))
   jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  # Every program, also those compiling in under a second: the many small ones
+  # (eager ops, evaluators) recur in every subprocess and every xdist worker.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   # Subprocesses the tests start (command-line runs, multi-process training) too.
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

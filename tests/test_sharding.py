@@ -54,10 +54,14 @@ def _run(model, preset, devices, steps=3):
   return losses, jax.device_get(params), params_sharding, report
 
 
-@pytest.mark.parametrize("model", ["cnn", "vit_tiny"])
-def test_presets_on_8_devices_train_like_one_device(model):
+# The ViT under every preset; the CNN (convolutions, batch norm) under fsdp, the
+# one that shards its arrays: its dp is every other test's training, and its
+# fsdp_tp is fsdp with a replicated `model` axis (no tensor-parallel rule matches).
+@pytest.mark.parametrize("model,presets", [("cnn", ("fsdp",)),
+                                           ("vit_tiny", parallel.SHARDING_PRESETS)])
+def test_presets_on_8_devices_train_like_one_device(model, presets):
   losses, params, _, single = _run(model, "", jax.devices()[:1])
-  for preset in parallel.SHARDING_PRESETS:
+  for preset in presets:
     sharded_losses, sharded_params, shardings, report = _run(model, preset,
                                                              jax.devices())
     np.testing.assert_allclose(sharded_losses, losses, rtol=2e-4, err_msg=preset)

@@ -19,10 +19,11 @@ TASK_ENV = {"XLA_FLAGS": xla_flags(2),
             "JAX_PLATFORMS": "cpu"}
 
 
-def _train_args(data_dir, workdir):
+def _train_args(data_dir, workdir, checkpoint_every=1):
   return ["--config", "configs/ssl/barlow_twins.py:runlocal",
           f"--config.data_dir={data_dir}", f"--config.total_steps={STEPS}",
-          "--config.log_every=1", "--workdir", str(workdir)]
+          "--config.log_every=1", f"--config.checkpoint.every={checkpoint_every}",
+          "--workdir", str(workdir)]
 
 
 def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
@@ -30,14 +31,15 @@ def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
   cluster = slurm
   env = {**cluster.env, **TASK_ENV}
   reference = tmp_path / "one_process"
-  train.train(bt_config(tiny_data_dir, total_steps=STEPS, log_every=1),
-              str(reference))
+  # Checkpoints only every 8 steps where no run is stopped (saving takes time).
+  train.train(bt_config(tiny_data_dir, total_steps=STEPS, log_every=1,
+                        **{"checkpoint.every": 8}), str(reference))
 
   # srun: 2 tasks, the coordinator and process ids from SLURM's environment.
   with_srun = tmp_path / "srun"
   proc = cluster.run(
       "srun", "-n", "2", "-K", "--time=5", "python", "-m", "tandem.ssl.train",
-      *_train_args(tiny_data_dir, with_srun), "--distributed",
+      *_train_args(tiny_data_dir, with_srun, checkpoint_every=8), "--distributed",
       env=env, cwd=ROOT, check=False, timeout=300)
   assert proc.returncode == 0, proc.stdout + proc.stderr + cluster.logs()
   assert "over 4 devices in 2 process(es)" in proc.stdout, proc.stdout
@@ -80,10 +82,10 @@ def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
       pending_since = pending_since or time.time()
       old_steps = subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job}\."],
                                  capture_output=True).returncode == 0
-      if not old_steps and time.time() - pending_since > 5:
+      if not old_steps and time.time() - pending_since > 2:
         cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now",
                     check=False)
-    time.sleep(1.0)
+    time.sleep(0.5)
   batch_log = open(f"{tmp_path}/sbatch.out").read()
   task_0 = open(with_sbatch / "slurm" / f"job_{job}.task_0.log").read()
   assert f"requeueing job {job}" in batch_log, batch_log

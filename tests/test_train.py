@@ -26,14 +26,17 @@ SSL_CONFIGS = [p for p in SSL_CONFIGS if not p.endswith(
     ("__init__.py", "_imagenet.py", "_reference.py"))]
 
 
-# MAE is defined for ViTs only (it drops patches; tests/test_mae.py checks that the
-# other backbones are refused). The ResNet, the same module under every objective,
-# trains in one config here (and its sharded gradients and batch statistics are
-# checked in tests/test_sharded_objectives.py).
+# Every backbone trains under Barlow Twins; every other objective on one backbone
+# (the backbones are the same modules under every objective): MAE on a ViT (the
+# only backbone it takes; tests/test_mae.py checks that the others are refused),
+# SimCLR on the CNN, CLIP and SigLIP on the ViT (their CNN runs on captioned_shapes
+# in tests/test_image_text.py). The ResNet's sharded gradients and batch
+# statistics are checked in tests/test_sharded_objectives.py.
+MODELS_OF = {"barlow_twins.py": ("cnn", "resnet18", "vit_tiny"), "mae.py": ("vit_tiny",),
+             "simclr.py": ("cnn",), "clip.py": ("vit_tiny",), "siglip.py": ("vit_tiny",)}
 CONFIG_MODELS = [(path, model) for path in SSL_CONFIGS
-                 for model in ("cnn", "resnet18", "vit_tiny")
-                 if (model.startswith("vit") or not path.endswith("mae.py"))
-                 and (model != "resnet18" or path.endswith("barlow_twins.py"))]
+                 for model in MODELS_OF.get(os.path.basename(path),
+                                            ("cnn", "vit_tiny"))]
 
 
 @pytest.mark.parametrize("path,model", CONFIG_MODELS,
