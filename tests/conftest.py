@@ -143,6 +143,11 @@ def load_config(path, arg=None):
   return config_arg.load_config(path if arg is None else f"{path}:{arg}")
 
 
+# Overrides of a run whose test is about training itself (resume, sharding, launch):
+# no final evaluation (the evaluators have their own tests; each costs seconds).
+NO_EVALS = {"evals": {}}
+
+
 def bt_config(data_dir, arg="runlocal", **overrides):
   """The Barlow Twins config on `data_dir`, with dotted-key overrides."""
   config = load_config(os.path.join(ROOT, "configs/ssl/barlow_twins.py"), arg)

@@ -106,19 +106,28 @@ def test_fsdp_leaves_small_arrays_replicated_and_names_bad_presets():
 
 
 def test_bf16_accumulated_fsdp_tp_run_trains_resumes_and_loads(tiny_data_dir,
-                                                               tmp_path):
+                                                               tmp_path, monkeypatch):
+  import signal  # pylint: disable=g-import-not-at-top
   import tandem  # pylint: disable=g-import-not-at-top
+  from tandem import metrics_writer  # pylint: disable=g-import-not-at-top
   from conftest import bt_config  # pylint: disable=g-import-not-at-top
-  overrides = {"precision": "bfloat16", "grad_accum_steps": 2,
+  overrides = {"precision": "bfloat16", "grad_accum_steps": 2, "total_steps": 3,
                "sharding": "fsdp_tp", "fsdp_min_size_mb": 0.0}
   config = bt_config(tiny_data_dir, "model=vit_tiny,runlocal", **overrides)
+  # Stopped by a SIGTERM once step 2 is logged: saved there, then resumed by the
+  # same config (the same compiled step) for its last step.
+  original_write = metrics_writer.MetricsWriter.write
+
+  def write_and_signal(self, step, metrics):
+    original_write(self, step, metrics)
+    if step == 2:
+      signal.raise_signal(signal.SIGTERM)
+
+  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", write_and_signal)
+  assert train.train(config, str(tmp_path))["interrupted_at"] == 2
+  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", original_write)
   result = train.train(config, str(tmp_path))
-  assert result["step"] == 2 and np.isfinite(result["final"]["loss"])
-  # Resumed from its checkpoint for one more step (a longer schedule: told so).
-  longer = bt_config(tiny_data_dir, "model=vit_tiny,runlocal", total_steps=3,
-                     allow_config_change=True, **overrides)
-  result = train.train(longer, str(tmp_path))
-  assert result["step"] == 3
+  assert result["step"] == 3 and np.isfinite(result["final"]["loss"])
   records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   # Steps 1, 2, then 3 after the resume: none repeated.
   assert [r["step"] for r in records if "grad_norm" in r] == [1, 2, 3]

@@ -10,8 +10,8 @@ import time
 
 import tandem
 from tandem.ssl import train
-from conftest import (ROOT, assert_same_params, bt_config, prepare_fake_fashion_mnist,
-                      xla_flags)
+from conftest import (NO_EVALS, ROOT, assert_same_params, bt_config,
+                      prepare_fake_fashion_mnist, xla_flags)
 
 STEPS = 24  # Long enough (a few seconds) for the SIGTERM to land mid-run.
 # Each task: 2 fake CPU devices, so 2 tasks give a 4-device mesh over 2 processes.
@@ -33,7 +33,7 @@ def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
   reference = tmp_path / "one_process"
   # Checkpoints only every 8 steps where no run is stopped (saving takes time).
   train.train(bt_config(tiny_data_dir, total_steps=STEPS, log_every=1,
-                        **{"checkpoint.every": 8}), str(reference))
+                        **{"checkpoint.every": 8}, **NO_EVALS), str(reference))
 
   # srun: 2 tasks, the coordinator and process ids from SLURM's environment.
   with_srun = tmp_path / "srun"

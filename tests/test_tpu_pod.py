@@ -10,7 +10,7 @@ import sys
 
 
 from tandem.ssl import train
-from conftest import ROOT, assert_same_params, bt_config
+from conftest import NO_EVALS, ROOT, assert_same_params, bt_config
 
 FAKE = os.path.join(ROOT, "tests", "fake_gcloud")
 
@@ -118,7 +118,7 @@ def test_a_sweep_on_two_tpu_vms_whose_workers_train_together(tiny_data_dir,
           "train.py").exists()
   reference = tmp_path / "one_process"
   train.train(bt_config(tiny_data_dir, total_steps=2,
-                        **{"barlow_twins.lambd": 0.005}), str(reference))
+                        **{"barlow_twins.lambd": 0.005}, **NO_EVALS), str(reference))
   assert_same_params(bucket / names[0], reference)
 
   again = sweep("--parallel", "2")

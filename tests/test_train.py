@@ -17,7 +17,7 @@ from tandem import metrics_writer
 from tandem.data import input_pipeline
 from tandem.ssl import train
 
-from conftest import ROOT, bt_config, load_config
+from conftest import NO_EVALS, ROOT, bt_config, load_config
 
 SSL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "ssl", "*.py")))
 # The CPU recipes; the papers' (NAME_imagenet.py, NAME_reference.py) are built, not
@@ -72,7 +72,8 @@ def _params(workdir):
 @pytest.mark.parametrize("accum", [1, 2])
 def test_resume_after_sigterm_equals_uninterrupted(accum, tiny_data_dir, tmp_path,
                                                    monkeypatch):
-  overrides = {"total_steps": 6, "checkpoint.every": 4, "grad_accum_steps": accum}
+  overrides = {"total_steps": 6, "checkpoint.every": 4, "grad_accum_steps": accum,
+               **NO_EVALS}
   full = tmp_path / "full"
   train.train(bt_config(tiny_data_dir, **overrides), str(full))
 
@@ -103,7 +104,7 @@ def test_resume_after_sigterm_equals_uninterrupted(accum, tiny_data_dir, tmp_pat
 
 
 def test_load_embeds_any_images_on_one_device(tiny_data_dir, tmp_path):
-  train.train(bt_config(tiny_data_dir), str(tmp_path))
+  train.train(bt_config(tiny_data_dir, **NO_EVALS), str(tmp_path))
   model = tandem.load(str(tmp_path))
   assert model.step == 2 and model.config.objective == "barlow_twins"
   leaf = jax.tree.leaves(model.params)[0]
@@ -145,11 +146,12 @@ def test_unprepared_dataset_says_how_to_prepare(tmp_path):
 
 def test_nan_loss_stops_names_the_step_and_keeps_last_good_checkpoint(
     tiny_data_dir, tmp_path):
-  train.train(bt_config(tiny_data_dir), str(tmp_path))  # Good checkpoint at step 2.
+  # Good checkpoint at step 2.
+  train.train(bt_config(tiny_data_dir, **NO_EVALS), str(tmp_path))
   good = _params(str(tmp_path))
   # A zero std makes the normalised inputs infinite from step 2 on.
   config = bt_config(tiny_data_dir, **{"total_steps": 5, "allow_config_change": True,
-                                       "input.std": (0.0,)})
+                                       "input.std": (0.0,), **NO_EVALS})
   with pytest.raises(train.NonFiniteLossError, match="non-finite at step 2"):
     train.train(config, str(tmp_path))
   assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 2
@@ -157,8 +159,9 @@ def test_nan_loss_stops_names_the_step_and_keeps_last_good_checkpoint(
 
 
 def test_refuses_to_resume_a_different_config_unless_told(tiny_data_dir, tmp_path):
-  train.train(bt_config(tiny_data_dir), str(tmp_path))
-  other = bt_config(tiny_data_dir, **{"optimizer.lr_per_256": 0.5, "total_steps": 3})
+  train.train(bt_config(tiny_data_dir, **NO_EVALS), str(tmp_path))
+  other = bt_config(tiny_data_dir, **{"optimizer.lr_per_256": 0.5, "total_steps": 3,
+                                      **NO_EVALS})
   with pytest.raises(train.ConfigMismatchError, match="optimizer.lr_per_256"):
     train.train(other, str(tmp_path))
   assert json.load(open(tmp_path / "config.json"))["optimizer"]["lr_per_256"] != 0.5
@@ -167,7 +170,7 @@ def test_refuses_to_resume_a_different_config_unless_told(tiny_data_dir, tmp_pat
 
 
 def test_half_written_checkpoint_is_ignored(tiny_data_dir, tmp_path):
-  train.train(bt_config(tiny_data_dir), str(tmp_path))
+  train.train(bt_config(tiny_data_dir, **NO_EVALS), str(tmp_path))
   # What a process killed in the middle of an orbax save leaves behind.
   partial = tmp_path / "checkpoints" / "7.orbax-checkpoint-tmp-1234567"
   (partial / "model").mkdir(parents=True)
@@ -224,11 +227,11 @@ def test_evals_run_every_m_steps_and_share_features(tiny_data_dir, tmp_path,
 # Orbax leaves an asyncio loop behind after a failed restore; harmless here.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_checkpoint_gives_a_clear_error(tiny_data_dir, tmp_path):
-  train.train(bt_config(tiny_data_dir), str(tmp_path))
+  train.train(bt_config(tiny_data_dir, **NO_EVALS), str(tmp_path))
   for path in (tmp_path / "checkpoints" / "2" / "model").rglob("*"):
     if path.is_file() and (path.parent.name == "d" or path.name == "manifest.ocdbt"):
       path.write_bytes(b"not a checkpoint")  # Bit rot in the array data.
   with pytest.raises(checkpoint.CheckpointError, match="step 2"):
-    train.train(bt_config(tiny_data_dir), str(tmp_path))
+    train.train(bt_config(tiny_data_dir, **NO_EVALS), str(tmp_path))
   with pytest.raises(checkpoint.CheckpointError, match="step 2"):
     tandem.load(str(tmp_path))
