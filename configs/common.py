@@ -105,6 +105,8 @@ def backbone(name: str, *, small_images: bool, runlocal: bool) -> tuple[str, dic
       model = dict(widths=(8, 16), strides=(2, 2), pool="gap", dense_dim=0)
     elif name.startswith("resnet"):
       model["width"] = 0.125
+      if model["depth"] < 50:  # Basic blocks: every stage, one block each.
+        model["depth"] = 10
     elif name.startswith("vit"):
       model = dict(variant="tiny", patch_size=model["patch_size"],
                    pool_type=model["pool_type"], width=32, depth=1, mlp_dim=64,

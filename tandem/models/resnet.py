@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 # Blocks per stage, and whether the block is the 3-layer bottleneck.
 BLOCKS: dict[int, tuple[Sequence[int], bool]] = {
+    10: ((1, 1, 1, 1), False),  # ResNet-18 with one block per stage (runlocal).
     18: ((2, 2, 2, 2), False),
     34: ((3, 4, 6, 3), False),
     50: ((3, 4, 6, 3), True),
