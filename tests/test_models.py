@@ -19,6 +19,9 @@ from tandem.models import cnn, heads, resnet, text, vit
 # "-gap" = their "-gap-norep").
 IMAGENET, CIFAR, MNIST = (224, 224, 3), (32, 32, 3), (28, 28, 1)
 MODEL_SIZES = {
+    # ResNet-18 less the second block of each stage: 2 x (9c^2 + 2c) per stage c.
+    "resnet10": ("resnet", dict(depth=10, num_classes=1000), IMAGENET,
+                 11_689_512 - sum(2 * (9 * c * c + 2 * c) for c in (64, 128, 256, 512))),
     "resnet18": ("resnet", dict(depth=18, num_classes=1000), IMAGENET, 11_689_512),
     "resnet18-nohead": ("resnet", dict(depth=18), IMAGENET, 11_176_512),
     "resnet18-cifar": ("resnet", dict(depth=18, stem="cifar"), CIFAR, 11_168_832),
