@@ -148,6 +148,23 @@ def load_config(path, arg=None):
 NO_EVALS = {"evals": {}}
 
 
+def sigterm_when_logged(monkeypatch, step: int):
+  """Delivers a real SIGTERM to this process while `step` is being logged (a
+  preemption mid-run); returns a function that stops doing so."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from tandem import metrics_writer  # pylint: disable=g-import-not-at-top
+  original_write = metrics_writer.MetricsWriter.write
+
+  def write_and_signal(self, logged_step, metrics):
+    original_write(self, logged_step, metrics)
+    if logged_step == step:
+      signal.raise_signal(signal.SIGTERM)
+
+  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", write_and_signal)
+  return lambda: monkeypatch.setattr(metrics_writer.MetricsWriter, "write",
+                                     original_write)
+
+
 def bt_config(data_dir, arg="runlocal", **overrides):
   """The Barlow Twins config on `data_dir`, with dotted-key overrides."""
   config = load_config(os.path.join(ROOT, "configs/ssl/barlow_twins.py"), arg)

@@ -107,25 +107,16 @@ def test_fsdp_leaves_small_arrays_replicated_and_names_bad_presets():
 
 def test_bf16_accumulated_fsdp_tp_run_trains_resumes_and_loads(tiny_data_dir,
                                                                tmp_path, monkeypatch):
-  import signal  # pylint: disable=g-import-not-at-top
   import tandem  # pylint: disable=g-import-not-at-top
-  from tandem import metrics_writer  # pylint: disable=g-import-not-at-top
-  from conftest import bt_config  # pylint: disable=g-import-not-at-top
+  from conftest import bt_config, sigterm_when_logged  # pylint: disable=g-import-not-at-top
   overrides = {"precision": "bfloat16", "grad_accum_steps": 2, "total_steps": 3,
                "sharding": "fsdp_tp", "fsdp_min_size_mb": 0.0}
   config = bt_config(tiny_data_dir, "model=vit_tiny,runlocal", **overrides)
   # Stopped by a SIGTERM once step 2 is logged: saved there, then resumed by the
   # same config (the same compiled step) for its last step.
-  original_write = metrics_writer.MetricsWriter.write
-
-  def write_and_signal(self, step, metrics):
-    original_write(self, step, metrics)
-    if step == 2:
-      signal.raise_signal(signal.SIGTERM)
-
-  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", write_and_signal)
+  stop_signalling = sigterm_when_logged(monkeypatch, 2)
   assert train.train(config, str(tmp_path))["interrupted_at"] == 2
-  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", original_write)
+  stop_signalling()
   result = train.train(config, str(tmp_path))
   assert result["step"] == 3 and np.isfinite(result["final"]["loss"])
   records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]

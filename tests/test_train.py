@@ -13,11 +13,10 @@ import pytest
 
 import tandem
 from tandem import checkpoint
-from tandem import metrics_writer
 from tandem.data import input_pipeline
 from tandem.ssl import train
 
-from conftest import NO_EVALS, ROOT, bt_config, load_config
+from conftest import NO_EVALS, ROOT, bt_config, load_config, sigterm_when_logged
 
 SSL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "ssl", "*.py")))
 # The CPU recipes; the papers' (NAME_imagenet.py, NAME_reference.py) are built, not
@@ -78,19 +77,12 @@ def test_resume_after_sigterm_equals_uninterrupted(accum, tiny_data_dir, tmp_pat
   train.train(bt_config(tiny_data_dir, **overrides), str(full))
 
   # Deliver a real SIGTERM to this process while step 3 is being logged.
-  original_write = metrics_writer.MetricsWriter.write
-
-  def write_and_signal(self, step, metrics):
-    original_write(self, step, metrics)
-    if step == 3:
-      signal.raise_signal(signal.SIGTERM)
-
-  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", write_and_signal)
+  stop_signalling = sigterm_when_logged(monkeypatch, 3)
   split = tmp_path / "split"
   result = train.train(bt_config(tiny_data_dir, **overrides), str(split))
   assert result == {"interrupted_at": 3, "signal": signal.SIGTERM}
   assert tandem.load(str(split)).step == 3  # Saved on the signal, off-schedule.
-  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", original_write)
+  stop_signalling()
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Handler restored.
 
   result = train.train(bt_config(tiny_data_dir, **overrides), str(split))
