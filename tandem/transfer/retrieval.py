@@ -37,10 +37,7 @@ def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray,
   owns = np.zeros((len(image_captions), len(text_ids)), bool)
   for i, caps in enumerate(image_captions):
     owns[i, [text_ids[c] for c in caps if c in text_ids]] = True
-  sim = image_emb @ text_emb.T  # [images, texts]
-  kmax = min(max(ks), sim.shape[1]), min(max(ks), sim.shape[0])
-  top_texts = np.argsort(-sim, axis=1)[:, :kmax[0]]          # per image
-  top_images = np.argsort(-sim, axis=0)[:kmax[1], :].T       # per text
+  top_texts, top_images = ranked(image_emb, text_emb, max(ks))
   i2t_hits = np.take_along_axis(owns, ids[top_texts], axis=1)
   t2i_hits = owns[top_images, ids[:, None]]
   out = {}
@@ -55,9 +52,8 @@ def ranked(image_emb: np.ndarray, text_emb: np.ndarray, k: int = 5
   """(top texts of every image [N_images, k], top images of every text
   [N_texts, k]): indices by cosine similarity of L2-normalised embeddings, best
   first, as `recall_at_k` ranks them."""
-  sim = np.asarray(image_emb, np.float32) @ np.asarray(text_emb, np.float32).T
-  return (np.argsort(-sim, axis=1, kind="stable")[:, :k],
-          np.argsort(-sim.T, axis=1, kind="stable")[:, :k])
+  sim = np.asarray(image_emb) @ np.asarray(text_emb).T  # [images, texts]
+  return np.argsort(-sim, axis=1)[:, :k], np.argsort(-sim.T, axis=1)[:, :k]
 
 
 @dataclasses.dataclass

@@ -30,8 +30,7 @@ def class_embeddings(embed_texts, class_names: Sequence[str],
 
 def zeroshot_top1(image_emb: np.ndarray, class_emb: np.ndarray,
                   labels: np.ndarray) -> float:
-  predictions = np.argmax(image_emb @ class_emb.T, axis=-1)
-  return float(np.mean(predictions == np.asarray(labels)))
+  return zeroshot_classify(image_emb, class_emb, labels).accuracy
 
 
 def zeroshot_classify(image_emb, class_emb, labels) -> results.Result:
