@@ -145,7 +145,9 @@ def load_config(path, arg=None):
 
 # Overrides of a run whose test is about training itself (resume, sharding, launch):
 # no final evaluation (the evaluators have their own tests; each costs seconds).
+# Training run as a program takes tests/bt_no_evals.py as its config instead.
 NO_EVALS = {"evals": {}}
+BT_NO_EVALS = "tests/bt_no_evals.py:runlocal"
 
 
 def sigterm_when_logged(monkeypatch, step: int):
@@ -176,6 +178,35 @@ def bt_config(data_dir, arg="runlocal", **overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def check_runlocal_run(config, results, workdir) -> None:
+  """What every runlocal run leaves: its steps, a finite loss, a linear probe far
+  above chance, the resolved config, metrics up to the last step, TensorBoard
+  events, and the resources it needs (its parameter count equal to the
+  checkpoint's)."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import tandem  # pylint: disable=g-import-not-at-top
+  workdir = str(workdir)
+  assert results["step"] == config.total_steps
+  assert np.isfinite(results["final"]["loss"])
+  # conftest's images are separable (a bar whose row is the label): even after 2
+  # steps the probe is far above the 10 classes' chance (measured 0.26-0.94); a
+  # probe fitted or scored on mismatched labels would sit at 0.1.
+  probe = results["final"]["linear_probe/pre_logits/test_top1"]
+  assert 0.2 < probe <= 1.0
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert saved["total_steps"] == config.total_steps
+  lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
+  assert json.loads(lines[-1])["step"] == config.total_steps
+  assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+  # What the run needs per device, reported before the first step.
+  resources = json.load(open(os.path.join(workdir, "resources.json")))
+  assert resources["params"] == sum(
+      np.size(x) for x in jax.tree.leaves(tandem.load(workdir).params))
+  assert resources["params_mb_per_device"] > 0 and resources["step_flops"] > 0
 
 
 def assert_same_params(workdir_a, workdir_b, rtol=1e-4, atol=1e-6):

@@ -1,6 +1,7 @@
 """MAE: patches, masking, the loss against NumPy, sharded == single device, the
 encoder blind to masked patches, config errors, the reconstruction grid against the
-model, and the runlocal config end to end (reconstruction PNG, TensorBoard)."""
+model, and the runlocal config end to end (reconstruction PNG, and what
+tests/test_train.py checks of every runlocal run)."""
 import glob
 
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import check_runlocal_run
 from numerics import numerical_grad
 import tandem
 from configs.ssl import mae as mae_config
@@ -188,7 +190,7 @@ def test_runlocal_trains_and_writes_reconstructions(tiny_data_dir, tmp_path):
   config = mae_config.get_config("runlocal")
   config.data_dir = tiny_data_dir
   results = train.train(config, str(tmp_path))
-  assert results["step"] == 2
+  check_runlocal_run(config, results, tmp_path)  # MAE's run of test_train's matrix.
   final = results["final"]
   assert np.isfinite(final["loss"]) and np.isfinite(final["mae_reconstruction/loss"])
   # conftest's images are separable (a bar whose row is the label): the probe on the

@@ -15,7 +15,8 @@ from jax.sharding import PartitionSpec as P
 import tandem
 from tandem import parallel
 from tandem.ssl import train
-from conftest import NO_EVALS, assert_same_params, bt_config, xla_flags
+from conftest import (BT_NO_EVALS, NO_EVALS, assert_same_params, bt_config,
+                      xla_flags)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,7 +79,7 @@ def test_two_processes_equal_one_and_restore_on_any_topology(tiny_data_dir, tmp_
   workdir, single = tmp_path / "two_processes", tmp_path / "one_process"
   proc = subprocess.run(
       ["bash", "launch/local_multiprocess.sh", "2",
-       "--config", "configs/ssl/barlow_twins.py:runlocal",
+       "--config", BT_NO_EVALS,
        f"--config.data_dir={tiny_data_dir}", "--config.total_steps=3",
        "--config.log_every=1", "--config.sharding=fsdp",
        "--config.fsdp_min_size_mb=0", "--workdir", str(workdir)],
@@ -105,7 +106,7 @@ def test_two_processes_equal_one_and_restore_on_any_topology(tiny_data_dir, tmp_
   # and data stream carry over; the one-process run goes on as it was.
   proc = subprocess.run(
       [sys.executable, "-m", "tandem.ssl.train",
-       "--config", "configs/ssl/barlow_twins.py:runlocal",
+       "--config", BT_NO_EVALS,
        f"--config.data_dir={tiny_data_dir}", "--config.total_steps=5",
        "--config.sharding=dp", "--config.allow_config_change=True",
        "--workdir", str(workdir)],

@@ -11,8 +11,8 @@ import time
 
 import tandem
 from tandem.ssl import train
-from conftest import (NO_EVALS, ROOT, assert_same_params, bt_config,
-                      prepare_fake_fashion_mnist, xla_flags)
+from conftest import (BT_NO_EVALS, NO_EVALS, ROOT, assert_same_params,
+                      bt_config, prepare_fake_fashion_mnist, xla_flags)
 
 STEPS = 24  # Long enough (a few seconds) for the SIGTERM to land mid-run.
 # Each task: 2 fake CPU devices, so 2 tasks give a 4-device mesh over 2 processes.
@@ -22,7 +22,7 @@ TASK_ENV = {"XLA_FLAGS": xla_flags(2),
 
 def _train_args(data_dir, workdir):
   # Checkpoints every 8 steps: a stopped run saves on the signal anyway.
-  return ["--config", "configs/ssl/barlow_twins.py:runlocal",
+  return ["--config", BT_NO_EVALS,
           f"--config.data_dir={data_dir}", f"--config.total_steps={STEPS}",
           "--config.log_every=1", "--config.checkpoint.every=8",
           "--workdir", str(workdir)]
