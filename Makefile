@@ -44,3 +44,11 @@ slurm:
 # Two workers: compiling dominates the suite, and XLA compiles on one core.
 test: install-test slurm
 	$(PYTHON) -m pytest -q -n 2 --dist worksteal tests
+
+# This codebase next to PyTorch (bench/peers.py: the same models, loss, optimizer and
+# inputs; lightly's losses checked equal to ours first), with the `bench` extra.
+# JSON lines in bench/results/; BENCHMARKS.md reports them.
+bench:
+	$(PIP) install -q -e ".[cpu,bench]"
+	mkdir -p bench/results
+	$(PYTHON) bench/peers.py --json bench/results/peers.jsonl
