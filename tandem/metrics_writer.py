@@ -17,6 +17,23 @@ import numpy as np
 from tandem.data import png
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported lazily (a slow import) and without
+  PyTorch: tensorboardX imports torch at module level when it is installed, only
+  for a type hint, which costs ~3 s in every training process. Where torch is not
+  imported yet it is hidden for that one import (tensorboardX still imports it
+  itself, inside the functions that take torch tensors)."""
+  if "tensorboardX.writer" in sys.modules or "torch" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError meanwhile.
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricsWriter:
 
   def __init__(self, workdir: str):
@@ -26,8 +43,7 @@ class MetricsWriter:
     os.makedirs(workdir, exist_ok=True)
     self._workdir = workdir
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    from tensorboardX import SummaryWriter  # Imported lazily: slow import.
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:

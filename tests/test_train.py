@@ -1,6 +1,7 @@
 """The pretraining loop: every config runs, resume == uninterrupted, bad input is
 refused clearly and loses nothing. Runs on the 8 fake CPU devices of conftest."""
 import glob
+import importlib.util
 import json
 import os
 import signal
@@ -183,6 +184,24 @@ def test_ctrl_c_on_the_command_line_saves_and_the_same_command_resumes(
   steps = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl")]
   assert steps[:stopped] == list(range(1, stopped + 1))
   assert steps[stopped] == stopped + 1  # Continued where it stopped.
+
+
+def test_the_metrics_writer_leaves_pytorch_unimported(tmp_path):
+  """tensorboardX imports PyTorch (~3 s) when it is installed (the bench extra
+  installs it); the writer keeps it out of training processes, and `import torch`
+  still works afterwards."""
+  if importlib.util.find_spec("torch") is None:
+    pytest.skip("PyTorch is not installed here: there is no import to keep out.")
+  code = ("import sys\nfrom tandem import metrics_writer\n"
+          f"writer = metrics_writer.MetricsWriter({str(tmp_path)!r})\n"
+          "writer.write(1, {'loss': 1.0})\n"
+          "assert 'torch' not in sys.modules, 'tensorboardX imported torch'\n"
+          "import torch\nassert float(torch.ones(2).sum()) == 2.0\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert list(tmp_path.glob("tensorboard/events.out.tfevents.*"))
 
 
 def test_evals_run_every_m_steps_and_share_features(tiny_data_dir, tmp_path,
