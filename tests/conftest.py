@@ -180,6 +180,17 @@ def bt_config(data_dir, arg="runlocal", **overrides):
   return config
 
 
+def run_in_fresh_python(code: str, timeout: float = 300) -> None:
+  """Runs `code` in a new Python process (from the checkout, JAX on CPU), for
+  what an import leaves behind; fails with its stderr unless it exits 0."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def check_runlocal_run(config, results, workdir) -> None:
   """What every runlocal run leaves: its steps, a finite loss, a linear probe far
   above chance, the resolved config, metrics up to the last step, TensorBoard

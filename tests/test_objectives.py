@@ -1,18 +1,12 @@
 """One objective lookup (`tandem.ssl.objectives`), and `tandem.load` without the
 training program."""
-import os
-import subprocess
-import sys
-
 import pytest
 
 from tandem.ssl import clip
 from tandem.ssl import image_text
 from tandem.ssl import objectives
 from tandem.ssl import train
-from conftest import bt_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import bt_config, run_in_fresh_python
 
 
 @pytest.mark.parametrize("name", ["barlow_twins", "simclr", "mae", "clip", "siglip"])
@@ -47,7 +41,4 @@ def test_load_does_not_import_the_training_program(tiny_data_dir, tmp_path):
       "assert not heavy, heavy\n"
       "from absl import flags\n"
       "assert 'config' not in flags.FLAGS, 'a tandem flag was defined'\n")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  run_in_fresh_python(code)

@@ -18,7 +18,7 @@ from tandem.data import input_pipeline
 from tandem.ssl import train
 
 from conftest import (BT_NO_EVALS, NO_EVALS, ROOT, bt_config, check_runlocal_run,
-                      load_config, sigterm_when_logged)
+                      load_config, run_in_fresh_python, sigterm_when_logged)
 
 SSL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "ssl", "*.py")))
 # The CPU recipes; the papers' (NAME_imagenet.py, NAME_reference.py) are built, not
@@ -197,10 +197,7 @@ def test_the_metrics_writer_leaves_pytorch_unimported(tmp_path):
           "writer.write(1, {'loss': 1.0})\n"
           "assert 'torch' not in sys.modules, 'tensorboardX imported torch'\n"
           "import torch\nassert float(torch.ones(2).sum()) == 2.0\n")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                        text=True, timeout=120,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  run_in_fresh_python(code, timeout=120)
   assert list(tmp_path.glob("tensorboard/events.out.tfevents.*"))
 
 
