@@ -75,7 +75,6 @@ def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
       ["srun", "-n", "2", "-K", "--time=5", "python", "-m", "tandem.ssl.train",
        *_train_args(tiny_data_dir, with_srun), "--distributed"],
       env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  preemption = None
   try:
     reference = tmp_path / "one_process"
     train.train(bt_config(tiny_data_dir, total_steps=STEPS, log_every=1,
