@@ -28,23 +28,34 @@ def _train_args(data_dir, workdir):
           "--workdir", str(workdir)]
 
 
+def _stuck_report(cluster, job, workdir) -> str:
+  """What a job that ran out of time was doing: every task's Python stacks
+  (SIGUSR1, see tandem/ssl/train.py), its logs, its state and the daemons' logs."""
+  cluster.run("scancel", "--signal=USR1", job, check=False)
+  time.sleep(3)
+  logs = [f"--- {path.name}\n{path.read_text()[-6000:]}"
+          for path in sorted((workdir / "slurm").glob("*.log"))]
+  return "\n".join([f"job {job}: {cluster.job_state(job) or 'gone'}",
+                    (workdir.parent / "sbatch.out").read_text(), *logs,
+                    cluster.logs()])
+
+
 def _preempt_and_wait(cluster, job, workdir, done, deadline, errors):
   """SIGTERM to the job's tasks once they step (what preemption and the time
   limit's --signal send); then wait until the requeued job has written `done` and
   left the queue. Runs in a thread; what fails goes to `errors`."""
   try:
-    sbatch_out = workdir.parent / "sbatch.out"
     metrics = workdir / "metrics.jsonl"
     while not (metrics.exists() and metrics.stat().st_size):  # Stepping by now.
-      assert time.time() < deadline and cluster.job_state(job), (
-          sbatch_out.read_text() + cluster.logs())
+      assert time.time() < deadline and cluster.job_state(job), _stuck_report(
+          cluster, job, workdir)
       time.sleep(0.2)
     cluster.run("scancel", "--signal=TERM", job)
     # Until the resumed run has written its results and the job has left the
     # queue (squeue prints nothing between some of a requeue's states too).
     pending_since = None
     while not done.exists() or cluster.job_state(job):
-      assert time.time() < deadline, sbatch_out.read_text() + cluster.logs()
+      assert time.time() < deadline, _stuck_report(cluster, job, workdir)
       if cluster.job_state(job) != "PENDING":
         pending_since = None
       else:
@@ -109,7 +120,7 @@ def test_srun_and_a_preempted_sbatch_job_train_like_one_process(
     assert srun.returncode == 0, out + err + cluster.logs()
     assert "over 4 devices in 2 process(es)" in out, out
     assert_same_params(with_srun, reference)
-    preemption.join(timeout=max(1, deadline - time.time()))
+    preemption.join(timeout=max(1, deadline - time.time()) + 30)  # + its report.
     assert not preemption.is_alive(), "the sbatch job did not finish in time"
     if errors:
       raise errors[0]

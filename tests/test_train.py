@@ -158,7 +158,7 @@ def test_half_written_checkpoint_is_ignored(tiny_data_dir, tmp_path):
   assert tandem.load(str(tmp_path)).step == 2
 
 
-def test_ctrl_c_on_the_command_line_saves_and_the_same_command_resumes(
+def test_on_the_command_line_sigusr1_prints_stacks_and_ctrl_c_saves_to_resume(
     tiny_data_dir, tmp_path):
   workdir = tmp_path / "run"
   # Checkpoints every 8 steps: Ctrl-C saves one where it stops.
@@ -170,9 +170,13 @@ def test_ctrl_c_on_the_command_line_saves_and_the_same_command_resumes(
   lines = []
   for line in proc.stdout:
     lines.append(line)
+    if line.startswith("step 1/24"):  # Where is it? Every thread's stack; goes on.
+      proc.send_signal(signal.SIGUSR1)
     if line.startswith("step 2/24"):
       proc.send_signal(signal.SIGINT)
   assert proc.wait(timeout=120) == 128 + signal.SIGINT, "".join(lines)
+  dump = "".join(lines).split("step 1/24", 1)[1]
+  assert "(most recent call first)" in dump and "in train\n" in dump, dump
   stopped = tandem.load(str(workdir)).step
   assert 2 <= stopped < 24
   assert any("Run the same command to resume" in l for l in lines)

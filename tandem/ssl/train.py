@@ -26,7 +26,8 @@ Interrupting (SIGTERM or Ctrl-C) finishes the current step, saves a checkpoint a
 exits; the same command resumes from the workdir (params, batch stats, optimizer
 state, step, rng and data-iterator position). A non-finite loss stops the run with
 the step where it first happened; non-finite states are never saved, so the last
-checkpoint stays the last good one.
+checkpoint stays the last good one. SIGUSR1 prints every thread's Python stack
+(where a run that seems stuck is waiting) and training goes on.
 """
 from __future__ import annotations
 
@@ -137,7 +138,10 @@ class _StopSignal:
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
       except ValueError:  # Not the main thread: signals stay with the caller.
-        pass
+        continue
+      # System calls the signal lands in (any thread's: a collective's socket
+      # reads, a checkpoint's writes) restart instead of failing with EINTR.
+      signal.siginterrupt(sig, False)
     return self
 
   def requested(self, step: int, every: int) -> bool:
@@ -160,6 +164,7 @@ class _StopSignal:
     self.signum = signum
     # A second signal acts as usual (e.g. a second Ctrl-C kills).
     signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+    signal.siginterrupt(signum, False)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -387,6 +392,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   timeouts = dict(heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s,
                   initialization_timeout=FLAGS.init_timeout_s)
+  # A run that seems stuck: `kill -USR1 PID` (on SLURM: `scancel --signal=USR1
+  # JOB`) prints every thread's Python stack to its log and lets it go on.
+  faulthandler.register(signal.SIGUSR1, all_threads=True)
   if FLAGS.coordinator_address or FLAGS.distributed:
     # A peer's death aborts this process from C++ (no Python exception): print the
     # Python stack beside JAX's message, which names the dead process.

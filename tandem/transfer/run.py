@@ -19,8 +19,10 @@ directory:
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 import time
 
@@ -179,6 +181,8 @@ def main(argv):
   del argv
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  # As in training: SIGUSR1 prints every thread's Python stack and the run goes on.
+  faulthandler.register(signal.SIGUSR1, all_threads=True)
   if FLAGS.config is None:
     sys.exit("Usage: python -m tandem.transfer.run --config "
              "configs/transfer/vtab.py[:ARG] --config.checkpoint=WORKDIR")
