@@ -46,9 +46,13 @@ test: install-test slurm
 	$(PYTHON) -m pytest -q -n 2 --dist worksteal tests
 
 # This codebase next to PyTorch (bench/peers.py: the same models, loss, optimizer and
-# inputs; lightly's losses checked equal to ours first), with the `bench` extra.
-# JSON lines in bench/results/; BENCHMARKS.md reports them.
+# inputs; lightly's losses checked equal to ours first), with the `bench` extra, and
+# the evaluators next to scikit-learn (bench/evaluators.py, on prepared
+# Fashion-MNIST). JSON lines in bench/results/; BENCHMARKS.md reports them.
 bench:
 	$(PIP) install -q -e ".[cpu,bench]"
+	$(MAKE) fashion-mnist
 	mkdir -p bench/results
 	$(PYTHON) bench/peers.py --json bench/results/peers.jsonl
+	$(PYTHON) bench/evaluators.py --data_dir $(DATA_DIR) \
+	  --json bench/results/evaluators.jsonl
