@@ -40,6 +40,11 @@ def test_bias_column_is_big_visions_almost_unregularised_constant(n, dim):
     w, predict = _ridge(x, y, 3, l2, BIG_VISION_BIAS)
     np.testing.assert_allclose(solver.weights(l2), w, rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(solver.predict(tx, l2), predict(tx))
+  # The L2 sweep's shortcut (project once, then one small product per L2) scores
+  # like predicting at each L2.
+  grid = [2.0 ** k for k in range(-6, 21)]
+  assert solver.accuracies(tx, ty, grid) == {l2: solver.accuracy(tx, ty, l2)
+                                            for l2 in grid}
   # Almost unregularised: with centred features the intercept of unpenalised least
   # squares is the targets' mean; at big_vision's λ = 2^10 we are within 1% of it.
   intercept = BIG_VISION_BIAS * solver.weights(2.0 ** 10)[-1]
