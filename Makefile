@@ -48,7 +48,8 @@ test: install-test slurm
 # This codebase next to PyTorch (bench/peers.py: the same models, loss, optimizer and
 # inputs; lightly's losses checked equal to ours first), with the `bench` extra, and
 # the evaluators next to scikit-learn (bench/evaluators.py, on prepared
-# Fashion-MNIST). JSON lines in bench/results/; BENCHMARKS.md reports them.
+# Fashion-MNIST), and the host input pipeline (bench/input_pipeline.py).
+# JSON lines in bench/results/; BENCHMARKS.md reports them.
 bench:
 	$(PIP) install -q -e ".[cpu,bench]"
 	$(MAKE) fashion-mnist
@@ -56,3 +57,6 @@ bench:
 	$(PYTHON) bench/peers.py --json bench/results/peers.jsonl
 	$(PYTHON) bench/evaluators.py --data_dir $(DATA_DIR) \
 	  --json bench/results/evaluators.jsonl
+	$(PYTHON) -m tandem.data.prepare --dataset cifar10_subset --data_dir $(DATA_DIR)
+	$(PYTHON) bench/input_pipeline.py --data_dir $(DATA_DIR) \
+	  --json bench/results/input_pipeline.jsonl

@@ -375,6 +375,7 @@ def test_filtered_png_falls_back_to_a_general_decoder():
 @pytest.mark.parametrize("shape,size", [
     ((4, 28, 28, 1), 32), ((2, 32, 32, 3), (28, 20)), ((2, 100, 60, 4), 17),
     ((9, 7, 3), (1, 1)), ((1, 1, 1, 1), 5),
+    ((1, 401, 350, 3), 224), ((2, 90, 64, 1), 17), ((1, 90, 64, 2), (20, 70)),
 ])
 def test_resize_matches_jax_antialiased_linear(shape, size):
   images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)

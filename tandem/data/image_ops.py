@@ -10,6 +10,11 @@ Choices:
   widened by the downscale factor), matching
   `jax.image.resize(method="linear", antialias=True)` to within 1 (tested); the
   aspect ratio is not preserved (fixed-size resize, as in big_vision's `resize`).
+  Gray and RGB images go through Pillow's BILINEAR resize, the same filter in C
+  (uint8 in and out; it releases the GIL, so the input pipeline's reader threads
+  resize in parallel): 2.1 ms instead of 6.2 ms for an ImageNet-sized JPEG's pixels
+  to 224 x 224 here. Two- and four-channel images (Pillow would premultiply the
+  alpha) take the NumPy path below.
 - Grayscale from RGB uses ITU-R BT.601 luma weights (0.299, 0.587, 0.114), as PIL's
   "L" mode and `tf.image.rgb_to_grayscale` do; gray to RGB repeats the channel;
   alpha channels are dropped (not composited).
@@ -65,6 +70,25 @@ def resize_uint8(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
   in_h, in_w = images.shape[-3:-1]
   if (in_h, in_w) == (out_h, out_w):
     return images
+  if images.shape[-1] in (1, 3):
+    return _resize_pillow(images, out_h, out_w)
+  return _resize_numpy(images, out_h, out_w)
+
+
+def _resize_pillow(images: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  *lead, in_h, in_w, channels = images.shape
+  flat = images.reshape(-1, in_h, in_w, channels)
+  out = np.empty((len(flat), out_h, out_w, channels), np.uint8)
+  for i, image in enumerate(flat):
+    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+    out[i] = np.asarray(pil.resize((out_w, out_h), Image.Resampling.BILINEAR)
+                        ).reshape(out_h, out_w, channels)
+  return out.reshape(*lead, out_h, out_w, channels)
+
+
+def _resize_numpy(images: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+  in_h, in_w = images.shape[-3:-1]
   # A few weighted gathers per axis (2 taps when upsampling), not matrix products:
   # BLAS's threads fight the training step for the cores and were 10x slower here.
   x = images.astype(np.float32)
