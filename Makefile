@@ -49,14 +49,16 @@ test: install-test slurm
 # inputs; lightly's losses checked equal to ours first), with the `bench` extra, and
 # the evaluators next to scikit-learn (bench/evaluators.py, on prepared
 # Fashion-MNIST), and the host input pipeline (bench/input_pipeline.py).
-# JSON lines in bench/results/; BENCHMARKS.md reports them.
+# JSON lines of this run in bench/results/ (emptied first); bench/report.py then
+# writes them into BENCHMARKS.md's `make bench` section.
 bench:
 	$(PIP) install -q -e ".[cpu,bench]"
 	$(MAKE) fashion-mnist
-	mkdir -p bench/results
+	rm -rf bench/results && mkdir -p bench/results
 	$(PYTHON) bench/peers.py --json bench/results/peers.jsonl
 	$(PYTHON) bench/evaluators.py --data_dir $(DATA_DIR) \
 	  --json bench/results/evaluators.jsonl
 	$(PYTHON) -m tandem.data.prepare --dataset cifar10_subset --data_dir $(DATA_DIR)
 	$(PYTHON) bench/input_pipeline.py --data_dir $(DATA_DIR) \
 	  --json bench/results/input_pipeline.jsonl
+	$(PYTHON) bench/report.py --results bench/results --out BENCHMARKS.md
