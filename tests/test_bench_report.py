@@ -47,6 +47,7 @@ def test_the_section_is_written_then_replaced_and_the_rest_kept(tmp_path):
   assert "## `make bench`, 2026-12-01" in text and "Python 3." in text
   assert "| 706.8 pairs/s (90 ms/step, compile 3.3 s) | 674.1 pairs/s" in text
   assert "| 1.05x |" in text
+  assert "this codebase / lightly: barlow_twins 2.820168 / 2.820168" in text
   assert "| 9.60 s / 9.80 s | 22.70 s | 2.3x | prediction agreement 1.0000" in text
   assert "**different chosen L2**" in text  # A mismatch is shown, not hidden.
   assert "No results: input_pipeline.jsonl is missing or empty." in text
@@ -59,6 +60,6 @@ def test_the_section_is_written_then_replaced_and_the_rest_kept(tmp_path):
   assert text.count(report.BEGIN) == 1 and text.count(report.END) == 1
   assert "2026-12-01" not in text and "## `make bench`, 2026-12-02" in text
   assert "| bench_jpeg | 224 | 2 | 439 | 4.234 | 236 |" in text
-  assert "13.9 cores of this machine" in text
+  assert "needs 13.9 cores of this machine" in text
   assert text.startswith("# Benchmarks\n\nHand-written notes.\n")
   assert text.endswith(report.END + "\n\nAfter the section.\n")
