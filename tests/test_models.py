@@ -12,6 +12,7 @@ import pytest
 
 from tandem import models
 from tandem.models import cnn, heads, resnet, text, vit
+from tandem.models import conv as conv_lib
 
 # name: (module, kwargs, input HWC, parameter count). BN counts scale + bias only.
 # References: torchvision resnet18/34/50/101/152 (with their 1000-way fc), and
@@ -416,3 +417,31 @@ def test_projector_matches_numpy(train):
   np.testing.assert_allclose(new["mean"], 0.1 * h.mean(0) if train else 0.0, atol=1e-6)
   np.testing.assert_allclose(new["var"], 0.9 + 0.1 * h.var(0) if train else 1.0,
                              rtol=1e-5)
+
+
+@pytest.mark.parametrize("k,stride,padding", [
+    (3, 1, "SAME"), (3, 2, ((1, 1), (1, 1))), (1, 2, "VALID"), (7, 2, ((3, 3), (3, 3))),
+    (3, 2, ((0, -1), (1, 0))),  # Negative padding crops, as in lax.
+])
+@pytest.mark.parametrize("block_bytes", [8 * 2 ** 20, 512])  # One product; blocks.
+def test_conv_kernel_gradient_by_matrix_product_equals_xlas(k, stride, padding,
+                                                             block_bytes, monkeypatch):
+  monkeypatch.setattr(conv_lib, "_BLOCK_BYTES", block_bytes)
+  rng = np.random.default_rng(k + stride)
+  x = jnp.asarray(rng.normal(size=(3, 12, 10, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 4, 5)), jnp.float32)
+  dn = ("NHWC", "HWIO", "NHWC")
+  loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(
+      x, w, (stride, stride), padding, dimension_numbers=dn)))
+  # On CPU the custom gradient is the one taken, not lax's.
+  assert "custom_vjp_call" in str(jax.make_jaxpr(loss(conv_lib.conv_general_dilated))(
+      x, w))
+  want = jax.grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, w)
+  got = jax.jit(jax.grad(loss(conv_lib.conv_general_dilated), (0, 1)))(x, w)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
+  # Other layouts and dilations are lax's own convolution, unchanged.
+  dilated = conv_lib.conv_general_dilated(x, w, (1, 1), "SAME", rhs_dilation=(2, 2),
+                                          dimension_numbers=dn)
+  np.testing.assert_array_equal(dilated, jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=dn))

@@ -23,6 +23,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from tandem.models import conv as conv_lib
+
 # Blocks per stage, and whether the block is the 3-layer bottleneck.
 BLOCKS: dict[int, tuple[Sequence[int], bool]] = {
     10: ((1, 1, 1, 1), False),  # ResNet-18 with one block per stage (runlocal).
@@ -49,7 +51,8 @@ class ResidualBlock(nn.Module):
   def __call__(self, x, train: bool):
     conv = lambda f, k, s, name: nn.Conv(
         f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False,
-        kernel_init=conv_init, dtype=self.dtype, name=name)
+        kernel_init=conv_init, dtype=self.dtype, name=name,
+        conv_general_dilated=conv_lib.conv_general_dilated)
     norm = lambda name, zero=False: nn.BatchNorm(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
         scale_init=nn.initializers.zeros if zero else nn.initializers.ones, name=name)
@@ -93,10 +96,12 @@ class Model(nn.Module):
     if self.stem == "imagenet":
       x = nn.Conv(channels(64), (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
                   use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                  conv_general_dilated=conv_lib.conv_general_dilated,
                   name="stem_conv")(x)
     else:
       x = nn.Conv(channels(64), (3, 3), (1, 1), padding=[(1, 1), (1, 1)],
                   use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                  conv_general_dilated=conv_lib.conv_general_dilated,
                   name="stem_conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype, name="stem_bn")(x)
