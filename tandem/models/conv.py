@@ -1,11 +1,11 @@
-"""2-D convolution whose weight gradient is one matrix product (for XLA:CPU).
+"""2-D convolution whose kernel gradient is a (blocked) matrix product, for XLA:CPU.
 
 `conv_general_dilated` has `jax.lax.conv_general_dilated`'s signature and forward
 pass; models pass it to `flax.linen.Conv(conv_general_dilated=...)`. Its backward
 pass computes the input gradient as XLA does, and the kernel gradient as a matrix
 product: the input's kh*kw shifted (strided) slices side by side, [N*OH*OW, kh*kw*C],
 contracted with the output gradient [N*OH*OW, O] over the rows. XLA:CPU lowers the
-kernel gradient to a convolution that ran 13x slower than that product for a
+kernel gradient to a convolution that ran 14-19x slower than that product for a
 ResNet-18 CIFAR stage-1 conv (batch 128, 32x32x64, 3x3; BENCHMARKS.md, "ResNet
 on CPU"). On GPU and TPU the convolution libraries are fast, so there, and for
 dilated, grouped or non-NHWC/HWIO convolutions, it is `lax.conv_general_dilated`
