@@ -36,6 +36,7 @@ import numpy as np
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from linear_probe import random_relu_features  # pylint: disable=g-import-not-at-top
+import report  # pylint: disable=g-import-not-at-top
 
 
 def _timed(fn, *args, **kwargs):
@@ -150,10 +151,7 @@ def main():
   print(f"load average after: {os.getloadavg()[0]:.2f}")
   for r in records:
     print(json.dumps(r))
-  if args.json:
-    with open(args.json, "a") as f:
-      for r in records:
-        f.write(json.dumps({"bench": "evaluators", **r}) + "\n")
+  report.append(args.json, "evaluators", records)
 
 
 if __name__ == "__main__":

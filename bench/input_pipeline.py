@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import resource
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import report  # pylint: disable=g-import-not-at-top  (bench/report.py)
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 
@@ -144,10 +144,7 @@ def main():
         "per core).")
   records.append({"accelerator_rate": args.accelerator_rate,
                   "cores_per_accelerator_224": cores})
-  if args.json:
-    with open(args.json, "a") as f:
-      for r in records:
-        f.write(json.dumps({"bench": "input_pipeline", **r}) + "\n")
+  report.append(args.json, "input_pipeline", records)
 
 
 if __name__ == "__main__":

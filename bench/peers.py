@@ -23,7 +23,6 @@ Barlow Twins and NT-Xent losses to 1e-5, and stops if not.
 
 Needs the `bench` extra: `pip install -e .[cpu,bench]` (torch, torchvision, lightly).
 """
-import json
 import os
 import platform
 import sys
@@ -41,6 +40,8 @@ from tandem import parallel
 from tandem.ssl import barlow_twins
 from tandem.ssl import siamese
 from tandem.ssl import simclr
+
+import report  # pylint: disable=g-import-not-at-top  (bench/report.py)
 
 _MODELS = flags.DEFINE_list("models", ["cnn", "resnet18"], "Models to time.")
 _BATCH = flags.DEFINE_integer("batch", 64, "Images (pairs of views) per step.")
@@ -243,9 +244,7 @@ def main(argv):
           f"compile {row['jax_compile_s']:.1f} s), PyTorch "
           f"{row['torch_pairs_per_s']:.1f} pairs/s ({row['torch_step_ms']:.0f} "
           f"ms/step): {row['ratio']:.2f}x PyTorch's speed", flush=True)
-    if _JSON.value:
-      with open(_JSON.value, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    report.append(_JSON.value, "peers", [row])
 
 
 if __name__ == "__main__":

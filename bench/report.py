@@ -25,6 +25,15 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scikit-learn", "pillow",
             "torch", "torchvision", "lightly")
 
 
+def append(path: str | None, bench: str, records: list[dict]) -> None:
+  """Appends `records` to the JSON-lines file `path` (nothing when None), each
+  tagged with the bench that made it: what the benches write and `render` reads."""
+  if path:
+    with open(path, "a") as f:
+      for record in records:
+        f.write(json.dumps({"bench": bench, **record}) + "\n")
+
+
 def _read(path: str) -> list[dict] | None:
   if not os.path.exists(path):
     return None
