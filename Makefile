@@ -5,13 +5,24 @@ DATA_DIR ?= $(or $(TANDEM_DATA_DIR),$(HOME)/tensorflow_datasets)
 WORKDIR ?= workdirs/demo_barlow_twins
 FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install install-test fashion-mnist slurm demo test bench
+.PHONY: install install-test tcmalloc fashion-mnist slurm demo test bench
 
-install:
+install: tcmalloc
 	$(PIP) install -q -e ".[cpu]"
 
-install-test:
+install-test: tcmalloc
 	$(PIP) install -q -e ".[cpu,test]"
+
+# tcmalloc, which the command-line programs re-execute themselves on
+# (tandem/host_malloc.py: XLA:CPU's per-step buffers page-fault under glibc's
+# malloc). Optional: without it they run on the system allocator, slower.
+tcmalloc:
+	@if ! ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal.so.4; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q libtcmalloc-minimal4 || \
+	     (apt-get update -q && apt-get install -y -q libtcmalloc-minimal4)) >/dev/null; \
+	  else echo "tcmalloc is not installed (libtcmalloc-minimal4 needs root and apt-get): training runs on the system allocator."; fi; \
+	fi
 
 # Fashion-MNIST from the Debian package when we can install it (root), otherwise
 # the builder falls back to the standard TFDS download.

@@ -31,10 +31,13 @@ import resource
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tandem import host_malloc  # pylint: disable=g-import-not-at-top
+host_malloc.use_tcmalloc()  # As the training programs run (may re-execute).
+
 import numpy as np
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import report  # pylint: disable=g-import-not-at-top  (bench/report.py)
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

@@ -27,11 +27,18 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scikit-learn", "pillow",
 
 def append(path: str | None, bench: str, records: list[dict]) -> None:
   """Appends `records` to the JSON-lines file `path` (nothing when None), each
-  tagged with the bench that made it: what the benches write and `render` reads."""
+  tagged with the bench that made it and the host allocator it ran on: what the
+  benches write and `render` reads."""
   if path:
+    allocator = "tcmalloc" if _tcmalloc_loaded() else "system malloc"
     with open(path, "a") as f:
       for record in records:
-        f.write(json.dumps({"bench": bench, **record}) + "\n")
+        f.write(json.dumps({"bench": bench, "allocator": allocator, **record}) + "\n")
+
+
+def _tcmalloc_loaded() -> bool:
+  from tandem import host_malloc  # pylint: disable=g-import-not-at-top
+  return host_malloc.tcmalloc_loaded()
 
 
 def _read(path: str) -> list[dict] | None:
@@ -129,16 +136,18 @@ SECTIONS = (("This codebase next to PyTorch (bench/peers.py)", "peers.jsonl",
 
 def render(results_dir: str, today: str | None = None) -> str:
   today = today or datetime.date.today().isoformat()
-  out = [BEGIN, f"## `make bench`, {today} (written by bench/report.py)", "",
-         f"Machine: {machine()}. {versions()}. Command: `make bench`; JSON lines in "
-         f"{results_dir}/.", ""]
+  tables, allocators = [], set()
   for title, name, table in SECTIONS:
     rows = _read(os.path.join(results_dir, name))
-    out.append(f"### {title}")
-    out.append("")
-    out += table(rows) if rows else [f"No results: {name} is missing or empty."]
-    out.append("")
-  out.append(END)
+    allocators.update(r.get("allocator", "not recorded") for r in rows or [])
+    tables += [f"### {title}", ""]
+    tables += table(rows) if rows else [f"No results: {name} is missing or empty."]
+    tables.append("")
+  allocator = (f" Host allocator: {', '.join(sorted(allocators))} "
+               "(tandem/host_malloc.py)." if allocators else "")
+  out = [BEGIN, f"## `make bench`, {today} (written by bench/report.py)", "",
+         f"Machine: {machine()}. {versions()}.{allocator} Command: `make bench`; "
+         f"JSON lines in {results_dir}/.", "", *tables, END]
   return "\n".join(out) + "\n"
 
 

@@ -23,12 +23,15 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tandem import host_malloc  # pylint: disable=g-import-not-at-top
+host_malloc.use_tcmalloc()  # As the training programs run (may re-execute).
+
 from absl import app
 from absl import flags
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tandem import config_arg  # pylint: disable=g-import-not-at-top
 from tandem import optimizers
 from tandem import parallel

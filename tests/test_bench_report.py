@@ -44,6 +44,9 @@ def test_the_section_is_written_then_replaced_and_the_rest_kept(tmp_path):
   assert text.startswith("# Benchmarks\n\nHand-written notes.\n\n" + report.BEGIN)
   assert text.rstrip().endswith(report.END)
   assert "## `make bench`, 2026-12-01" in text and "Python 3." in text
+  # The allocator each bench ran on (this test process: the system's or tcmalloc).
+  allocator = "tcmalloc" if report._tcmalloc_loaded() else "system malloc"  # pylint: disable=protected-access
+  assert f"Host allocator: {allocator} (tandem/host_malloc.py)." in text
   assert "| 706.8 pairs/s (90 ms/step, compile 3.3 s) | 674.1 pairs/s" in text
   assert "| 1.05x |" in text
   assert "this codebase / lightly: barlow_twins 2.820168 / 2.820168" in text

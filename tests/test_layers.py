@@ -14,7 +14,7 @@ LAYERS = {
     "tandem.models": 0, "tandem.data": 0, "tandem.config_arg": 0,
     "tandem.random_streams": 0, "tandem.hyper": 0,
     "tandem.parallel": 1, "tandem.checkpoint": 1, "tandem.train_state": 1,
-    "tandem.optimizers": 1, "tandem.metrics_writer": 1,
+    "tandem.optimizers": 1, "tandem.metrics_writer": 1, "tandem.host_malloc": 1,
     "tandem.ssl": 2, "tandem.transfer": 2,
     "tandem.ssl.train": 3, "tandem.transfer.run": 3, "tandem.pretrained": 3,
     "tandem.launch": 3,

@@ -31,6 +31,10 @@ checkpoint stays the last good one. SIGUSR1 prints every thread's Python stack
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # First, before JAX is imported: may re-execute.
+  from tandem import host_malloc  # pylint: disable=g-import-not-at-top
+  host_malloc.use_tcmalloc()
+
 import faulthandler
 import json
 import os
