@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -180,6 +181,25 @@ def restore_params(workdir: str, step: int | None = None,
     raise CheckpointError(f"Could not restore params of step {step} from "
                           f"{directory}: {type(e).__name__}: {e}") from e
   return model["params"], model.get("model_state") or {}, step
+
+
+class WorkdirError(RuntimeError):
+  """The workdir cannot be written: read-only, not permitted, or full."""
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir` and writes (then removes) a probe file in it, or raises
+  WorkdirError saying why it cannot, before a run computes anything to lose."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".tandem_write_test_", dir=workdir)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(
+        f"Cannot write to the workdir {workdir}: {e.strerror or e} "
+        f"({type(e).__name__}). Make it writable (a read-only mount? permissions? "
+        "a full disk?) or pass another --workdir.") from e
 
 
 def write_config(workdir: str, config) -> None:

@@ -35,15 +35,28 @@ def _summary_writer_class():
 
 
 class MetricsWriter:
+  """Appends to WORKDIR/metrics.jsonl and TensorBoard event files.
 
-  def __init__(self, workdir: str):
+  `resumed_step`: the checkpoint step a resumed run starts from. What the earlier
+  run logged after it (steps the resumed run logs again) is dropped: JSON lines
+  with a larger step and a line torn by a crash (not valid JSON) are removed, by
+  rewriting the file atomically, and TensorBoard hides its events from that step on
+  (tensorboardX's `purge_step`).
+  """
+
+  def __init__(self, workdir: str, resumed_step: int | None = None):
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     self._workdir = workdir
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
+    path = os.path.join(workdir, "metrics.jsonl")
+    if resumed_step is not None:
+      truncate_jsonl(path, resumed_step)
+    self._jsonl = open(path, "a")
+    self._tb = _summary_writer_class()(
+        os.path.join(workdir, "tensorboard"),
+        purge_step=None if resumed_step is None else resumed_step + 1)
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
@@ -75,6 +88,34 @@ class MetricsWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+def truncate_jsonl(path: str, last_step: int) -> int:
+  """Keeps the rows of the JSON-lines file `path` up to `last_step`, dropping later
+  ones and lines that are not valid JSON (torn by a crash); returns how many were
+  dropped. The file is replaced atomically: a crash here leaves the old or the new."""
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+        keep = line.endswith("\n") and int(row["step"]) <= last_step
+      except (ValueError, KeyError, TypeError):
+        keep = False
+      if keep:
+        kept.append(line)
+      else:
+        dropped += 1
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  return dropped
 
 
 def _fmt_seconds(s: float) -> str:

@@ -25,6 +25,8 @@ schedule is linear warm-up then cosine decay to `end_factor × peak`.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -58,9 +60,15 @@ def peak_lr(config, prefix: str = "") -> float:
     raise ValueError(
         f"config.optimizer needs exactly one of {prefix}lr_per_256 and "
         f"{prefix}lr_abs; got {given or 'neither'}.")
+  value = opt[given[0]]
+  if (isinstance(value, bool) or not isinstance(value, (int, float))
+      or not math.isfinite(value) or value < 0):
+    raise ValueError(
+        f"config.optimizer.{given[0]}={value!r} must be a finite number >= 0 "
+        "(a learning rate; 0 freezes the weights it applies to).")
   if given[0].endswith("lr_abs"):
-    return float(opt[given[0]])
-  return float(opt[given[0]]) * config.input.batch_size / 256
+    return float(value)
+  return float(value) * config.input.batch_size / 256
 
 
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:

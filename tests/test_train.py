@@ -73,10 +73,20 @@ def test_resume_after_sigterm_equals_uninterrupted(tiny_data_dir, tmp_path,
   stop_signalling()
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Handler restored.
 
+  # What a crash after step 3's checkpoint leaves in the log: rows of steps the
+  # resumed run logs again, and a line torn mid-write.
+  with open(split / "metrics.jsonl", "a") as f:
+    f.write('{"step": 4, "loss": -1.0}\n{"step": 5, "loss": -1.0}\n{"step": 6, "lo')
+
   result = train.train(bt_config(tiny_data_dir, **overrides), str(split))
   assert result["step"] == 6
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                _params(split), _params(full))
+  # The log holds each step once, all valid JSON, and no row of the lost steps.
+  rows = [json.loads(line) for line in open(split / "metrics.jsonl")]
+  train_rows = [r for r in rows if "loss" in r]
+  assert [r["step"] for r in train_rows] == list(range(1, 7))
+  assert all(r["loss"] != -1.0 for r in train_rows)
   # Batch-norm statistics resumed too (they are part of the saved model state).
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                jax.device_get(tandem.load(str(split)).model_state),
@@ -103,6 +113,16 @@ def test_load_embeds_any_images_on_one_device(tiny_data_dir, tmp_path):
   assert model.embed(gray, layer="stage1").shape == (5, 8)
   with pytest.raises(ValueError, match="uint8"):
     model.embed(gray.astype(np.float32))
+  # Misuse gets a sentence, not a silent wrong answer.
+  with pytest.raises(ValueError, match=r"look like one image \[H, W, C\]; pass a "
+                     r"batch \[N, H, W, C\] \(images\[None\] for one image\)"):
+    model.embed(gray[0])
+  assert model.embed(gray[:1]).shape == (1, feats.shape[1])
+  for bad in (0, -1, 2.0):
+    with pytest.raises(ValueError, match=f"batch_size={bad!r} must be a positive"):
+      model.embed(gray, batch_size=bad)
+  assert model.embed(gray[:0]).shape == (0, feats.shape[1])  # [0, D], not (0, 0).
+  assert model.embed(gray[:0], layer="stage1").shape == (0, 8)
 
 
 def test_unknown_config_key_is_named_and_nothing_is_written(tmp_path):

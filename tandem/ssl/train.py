@@ -37,6 +37,7 @@ if __name__ == "__main__":  # First, before JAX is imported: may re-execute.
 
 import faulthandler
 import json
+import math
 import os
 import signal
 import sys
@@ -85,10 +86,43 @@ def _flatten(d, prefix=""):
   return out
 
 
+# (config field, lowest value, how to fix it): integers the loop divides by or
+# counts with, checked before anything is written or compiled.
+_COUNTS = (
+    ("total_steps", 1, "the number of training steps"),
+    ("log_every", 1, "in steps; use total_steps to log only at the end"),
+    ("checkpoint.every", 1, "in steps; use total_steps to save only at the end"),
+    ("checkpoint.keep", 1, "0 would delete every checkpoint and the run could never "
+     "resume; keep the last N with keep=N, a trajectory with checkpoint.keep_every"),
+    ("checkpoint.keep_every", 0, "0 keeps only the last `keep` checkpoints"),
+    ("input.batch_size", 1, "images per step over all devices"),
+)
+
+
+def check_run_config(config) -> None:
+  """Refuses values the loop cannot run with, naming the field and the fix, before
+  the workdir is touched: step counts and checkpoint settings that must be positive
+  integers, and a learning rate that is not a finite number >= 0."""
+  for name, low, fix in _COUNTS:
+    group, _, field = name.rpartition(".")
+    value = (config[group] if group else config).get(field, low)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ValueError(f"config.{name}={value!r} must be an integer >= {low} ({fix}).")
+  optimizers.peak_lr(config)  # Raises for a missing, NaN, infinite or negative rate.
+  weight_decay = config.optimizer.get("weight_decay", 0.0)
+  if not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay) \
+      or weight_decay < 0:
+    raise ValueError(f"config.optimizer.weight_decay={weight_decay!r} must be a "
+                     "finite number >= 0.")
+
+
 def check_config_matches_workdir(config, workdir: str) -> None:
-  """Refuses to resume a workdir whose checkpoints came from a different config."""
+  """Refuses to resume a workdir whose checkpoints came from a different config.
+  A workdir with a config.json but no checkpoint (a run that stopped before its
+  first save) takes the new config."""
   saved = checkpoint.read_config_dict(workdir)
-  if saved is None or not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+  if (saved is None or not os.path.isdir(checkpoint.checkpoint_dir(workdir))
+      or not checkpoint.all_steps(workdir)):
     return
   if config.allow_config_change:
     return
@@ -179,6 +213,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains per `config` in `workdir`; returns the final metrics."""
   # --- Config -----------------------------------------------------------------
   objective = objectives.get_objective(config.objective)
+  check_run_config(config)
+  checkpoint.check_writable(workdir)
   check_config_matches_workdir(config, workdir)
   if jax.process_index() == 0:
     checkpoint.write_config(workdir, config)
@@ -257,7 +293,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   first_step = int(state["step"])
 
   # --- Evals --------------------------------------------------------------------
-  writer = metrics_writer.MetricsWriter(workdir)
+  writer = metrics_writer.MetricsWriter(workdir, resumed_step=resumed_step)
   progress = metrics_writer.Progress(config.total_steps, config.input.batch_size,
                                      first_step)
   evals = periodic.PeriodicEvals(config, data_dir=data_dir, mesh=mesh)

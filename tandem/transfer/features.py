@@ -103,6 +103,11 @@ def prepare_images(images: np.ndarray, input_config) -> np.ndarray:
   rounded to uint8 first, as every image of the input pipeline is uint8.
   """
   images = np.asarray(images)
+  if images.ndim == 3 and images.shape[-1] in (1, 3, 4):
+    raise ValueError(
+        f"images of shape {images.shape} look like one image [H, W, C]; pass a "
+        "batch [N, H, W, C] (images[None] for one image). [N, H, W] is read as "
+        "single-channel images, but not with a last axis of 1, 3 or 4.")
   if images.ndim == 3:  # A batch of single-channel images without a channel axis.
     images = images[..., None]
   if images.ndim == 4 and np.issubdtype(images.dtype, np.floating):
@@ -137,11 +142,18 @@ def extract_layers(variables, images: np.ndarray, config, *, layers, pooling="me
   each pooled by `pooling` (one of POOLINGS)."""
   if pooling not in POOLINGS:
     raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS}.")
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
   layers = tuple(layers)
   embed = _embed_fn(config.model_name, parallel.hashable(config.model.to_dict()),
                     layers, tuple(config.input.mean), tuple(config.input.std),
                     pooling)
   images = prepare_images(images, config.input)
+  if not len(images):  # [0, D]: the width comes from one blank image.
+    size, channels = config.input.image_size, config.input.channels
+    blank = np.zeros((1, size, size, channels), np.uint8)
+    return {k: v[:0] for k, v in parallel.batched_map(
+        lambda chunk: embed(variables, chunk), blank, 1).items()}
   return parallel.batched_map(lambda chunk: embed(variables, chunk), images,
                               batch_size, mesh=mesh)
 

@@ -1,0 +1,77 @@
+"""Faults and bad inputs: each is refused or survived, with an error that says what
+happened and how to fix it, and nothing already saved is lost."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from tandem import checkpoint
+from tandem import metrics_writer
+from tandem.ssl import train
+
+from conftest import bt_config
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("checkpoint.keep", 0, r"checkpoint.keep=0 must be an integer >= 1 \(0 would "
+     "delete every checkpoint"),
+    ("checkpoint.every", 0, r"checkpoint.every=0 must be an integer >= 1 \(in steps; "
+     "use total_steps to save only at the end"),
+    ("log_every", 0, r"log_every=0 must be an integer >= 1"),
+    ("total_steps", -3, r"total_steps=-3 must be an integer >= 1"),
+    ("checkpoint.keep_every", -1, r"checkpoint.keep_every=-1 must be an integer >= 0"),
+    ("input.batch_size", 0, r"input.batch_size=0 must be an integer >= 1"),
+    ("optimizer.lr_per_256", float("nan"), r"lr_per_256=nan must be a finite number"),
+    ("optimizer.lr_per_256", float("inf"), r"lr_per_256=inf must be a finite number"),
+    ("optimizer.lr_per_256", -0.1, r"lr_per_256=-0.1 must be a finite number >= 0"),
+    ("optimizer.weight_decay", float("nan"), r"weight_decay=nan must be a finite"),
+])
+def test_bad_run_settings_are_refused_before_the_workdir_is_touched(
+    key, value, message, tmp_path):
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=message):
+    train.train(bt_config(str(tmp_path / "no_data"), **{key: value}), str(workdir))
+  assert not workdir.exists()  # No config.json: the corrected command starts clean.
+
+
+def test_a_workdir_without_a_checkpoint_takes_the_corrected_config(tmp_path):
+  # A run that stopped before its first save left config.json and an empty
+  # checkpoint folder: the corrected command is not "a different config".
+  first = bt_config(str(tmp_path), log_every=1)
+  checkpoint.write_config(str(tmp_path), first)
+  os.makedirs(checkpoint.checkpoint_dir(str(tmp_path)))
+  train.check_config_matches_workdir(bt_config(str(tmp_path), log_every=2),
+                                     str(tmp_path))
+
+
+def test_truncate_jsonl_keeps_complete_rows_up_to_the_step(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  rows = [{"step": s, "loss": float(s)} for s in (0, 1, 2, 3)]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows)
+                  + 'not json\n{"loss": 1}\n{"step": 2, "lo')
+  assert metrics_writer.truncate_jsonl(str(path), 2) == 4  # 3, junk, no step, torn.
+  assert [json.loads(l) for l in path.read_text().splitlines()] == rows[:3]
+  assert metrics_writer.truncate_jsonl(str(path), 2) == 0  # Nothing more to drop.
+  assert metrics_writer.truncate_jsonl(str(tmp_path / "missing.jsonl"), 2) == 0
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+  """An empty read-only tmpfs (root only: permissions do not stop root)."""
+  mount = tmp_path / "ro"
+  mount.mkdir()
+  if os.geteuid() != 0 or subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+      capture_output=True).returncode:
+    pytest.skip("needs root to mount a read-only tmpfs")
+  yield mount
+  subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_read_only_workdir_is_refused_at_start_naming_it(read_only_dir, tmp_path):
+  workdir = read_only_dir / "run"
+  with pytest.raises(checkpoint.WorkdirError,
+                     match=f"Cannot write to the workdir {workdir}: Read-only file "
+                           "system .*pass another --workdir"):
+    train.train(bt_config(str(tmp_path / "no_data")), str(workdir))
