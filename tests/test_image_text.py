@@ -62,7 +62,7 @@ def test_zero_batch_is_a_config_error(tiny_data_dir, tmp_path):
   config = load_config("clip")
   config.data_dir = tiny_data_dir
   config.input.batch_size = 0
-  with pytest.raises(ValueError, match="batch_size must be positive"):
+  with pytest.raises(ValueError, match=r"config.input.batch_size=0 must be an integer >= 1"):
     train.train(config, str(tmp_path))
 
 

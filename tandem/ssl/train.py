@@ -225,9 +225,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = parallel.make_mesh(parallel.preset_mesh(preset, config.mesh) if preset
                             else config.mesh)
   batch_shards = parallel.batch_shards(mesh)
-  if config.input.batch_size <= 0:
-    raise ValueError(f"config.input.batch_size must be positive, got "
-                     f"{config.input.batch_size}.")
   if config.input.batch_size % batch_shards:
     raise ValueError(f"config.input.batch_size={config.input.batch_size} must be "
                      f"divisible by the {batch_shards} batch shards of the mesh.")
