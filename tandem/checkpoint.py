@@ -15,10 +15,13 @@ listed by `latest_step()` and never picked up on resume.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import socket
 import tempfile
+import time
 from typing import Any
 
 import jax
@@ -200,6 +203,44 @@ def check_writable(workdir: str) -> None:
         f"Cannot write to the workdir {workdir}: {e.strerror or e} "
         f"({type(e).__name__}). Make it writable (a read-only mount? permissions? "
         "a full disk?) or pass another --workdir.") from e
+
+
+class WorkdirLock:
+  """One run per workdir: an exclusive `flock` on WORKDIR/.lock.process<i>.
+
+  Each process of a run locks its own index, so a second run on the same workdir
+  is refused by its process 0 before it writes anything, and never interleaves
+  checkpoints with the first. The kernel drops the lock when its holder exits,
+  however it dies (kill -9 included), so a lock is never stale on one host. On NFS
+  (v4) `flock` is a lease the server expires when the client stops renewing it.
+  The file holds the owner's host, pid and start time for the message.
+  """
+
+  def __init__(self, workdir: str, process_index: int = 0):
+    self.path = os.path.join(workdir, f".lock.process{process_index}")
+    self._fd = None
+
+  def __enter__(self) -> "WorkdirLock":
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      owner = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
+      os.close(fd)
+      raise WorkdirError(
+          f"The workdir {os.path.dirname(self.path)} is in use by another run "
+          f"({owner}; lock {self.path}). Wait for it to finish or stop it, or pass "
+          "another --workdir.") from e
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (f"host {socket.gethostname()} pid {os.getpid()} since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode(), 0)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._fd is not None:
+      os.close(self._fd)  # Releases the lock.
+      self._fd = None
 
 
 def write_config(workdir: str, config) -> None:

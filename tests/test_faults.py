@@ -2,7 +2,9 @@
 happened and how to fix it, and nothing already saved is lost."""
 import json
 import os
+import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -75,3 +77,29 @@ def test_a_read_only_workdir_is_refused_at_start_naming_it(read_only_dir, tmp_pa
                      match=f"Cannot write to the workdir {workdir}: Read-only file "
                            "system .*pass another --workdir"):
     train.train(bt_config(str(tmp_path / "no_data")), str(workdir))
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_naming_the_owner(tmp_path):
+  workdir = str(tmp_path)
+  with checkpoint.WorkdirLock(workdir):
+    with pytest.raises(checkpoint.WorkdirError, match=(
+        rf"in use by another run \(host {socket.gethostname()} pid {os.getpid()} "
+        r"since .*\). Wait for it to finish or stop it, or pass another --workdir")):
+      train.train(bt_config(str(tmp_path / "no_data")), workdir)
+    assert not (tmp_path / "config.json").exists()
+
+  # A holder killed with SIGKILL leaves no stale lock: the kernel drops it.
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from tandem import checkpoint; "
+       "checkpoint.WorkdirLock(sys.argv[1]).__enter__(); print('locked', flush=True); "
+       "time.sleep(120)", workdir], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(checkpoint.WorkdirError, match=f"pid {holder.pid} since"):
+      with checkpoint.WorkdirLock(workdir):
+        pass
+  finally:
+    holder.kill()
+    holder.wait()
+  with checkpoint.WorkdirLock(workdir):
+    pass
