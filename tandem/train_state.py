@@ -8,7 +8,8 @@ evaluators can treat them on their own. The state is a dict of arrays:
   step            int32, the number of updates done
   rng             uint32 key data; step `s` draws from `fold_in(rng, s)`, so a resumed
                   run draws what the uninterrupted one would have
-  nonfinite_step  int32, the first step whose loss was NaN/Inf, or -1
+  nonfinite_step  int32, the first step whose loss, gradient norm or updated
+                  parameters held a NaN/Inf, or -1
 
 `make_step` builds the update that every loop jits (with `accumulate` for exact
 gradient accumulation over micro-batches); `check_finite` turns a non-finite loss
@@ -31,7 +32,15 @@ LossFn = Callable[..., tuple[jax.Array, tuple[dict, Any]]]
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN or Inf."""
+  """The training loss, the gradient or the parameters became NaN or Inf."""
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point array of `tree` is free of NaN/Inf (traceable:
+  one reduction per array, on device)."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
 def create(params, tx: optax.GradientTransformation, model_state, seed: int) -> dict:
@@ -128,7 +137,11 @@ def make_step(loss_fn: LossFn, tx, *, lr_schedule: optax.Schedule | None = None,
     metrics = {"loss": value, **metrics, "grad_norm": optax.tree.norm(grads)}
     if lr_schedule is not None:
       metrics["lr"] = lr_schedule(count)
-    nonfinite = jnp.where((state["nonfinite_step"] < 0) & ~jnp.isfinite(value),
+    # The loss can stay finite while the weights overflow (batch norm hides them):
+    # the gradient norm and the updated parameters are checked too.
+    finite = (jnp.isfinite(value) & jnp.isfinite(metrics["grad_norm"])
+              & all_finite(params))
+    nonfinite = jnp.where((state["nonfinite_step"] < 0) & ~finite,
                           count, state["nonfinite_step"])
     state = dict(opt_state=opt_state, model_state=model_state, step=count + 1,
                  rng=state["rng"], nonfinite_step=nonfinite)
@@ -152,7 +165,8 @@ def jit_step(step, mesh, params_sharding, state_sharding, batch_sharding=None):
 
 
 def first_nonfinite_step(state) -> int | None:
-  """The first step whose loss was NaN/Inf, or None (a host sync)."""
+  """The first step whose loss, gradient or parameters held a NaN/Inf, or None
+  (a host sync)."""
   step = int(state["nonfinite_step"])
   return step if step >= 0 else None
 
@@ -161,7 +175,8 @@ def check_finite(state, what: str) -> None:
   """Raises `NonFiniteLossError` naming the first bad step; `what` says what to do."""
   step = first_nonfinite_step(state)
   if step is not None:
-    raise NonFiniteLossError(f"The loss became non-finite at step {step}. {what}")
+    raise NonFiniteLossError(f"The loss, gradient or parameters became non-finite "
+                             f"at step {step}. {what}")
 
 
 def _per_device_bytes(tree) -> int:

@@ -6,10 +6,15 @@ import socket
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 from tandem import checkpoint
 from tandem import metrics_writer
+from tandem import train_state
 from tandem.ssl import train
 
 from conftest import bt_config
@@ -103,3 +108,19 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_naming_the_owner(tmp_path):
     holder.wait()
   with checkpoint.WorkdirLock(workdir):
     pass
+
+
+def test_parameters_that_overflow_under_a_finite_loss_are_caught():
+  # The loss (taken before the update) is finite; the update overflows float32.
+  loss_fn = lambda p, ms, batch, rng: (jnp.sum(p["w"] ** 2), ({}, ms))
+  params = {"w": jnp.asarray([3.0, 0.5]), "b": jnp.ones(2)}
+  for scale, expected in ((-0.1, -1), (-1e38, 0)):
+    tx = optax.scale(scale)
+    state = train_state.create(params, tx, {}, seed=0)
+    step = jax.jit(train_state.make_step(loss_fn, tx))
+    new_params, state, metrics = step(params, state, {})
+    assert np.isfinite(float(metrics["loss"]))
+    assert int(state["nonfinite_step"]) == expected, (scale, new_params)
+  with pytest.raises(train_state.NonFiniteLossError,
+                     match="loss, gradient or parameters became non-finite at step 0"):
+    train_state.check_finite(state, "")

@@ -344,9 +344,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if nonfinite >= 0:
       ckpt.wait()
       raise NonFiniteLossError(
-          f"Loss became non-finite at step {nonfinite}. Stopped at step {step}; "
-          f"the last good checkpoint is step {ckpt.latest_step()} in {workdir}. "
-          "Lower the learning rate or check the inputs, then resume from it.")
+          f"The loss, gradient or parameters became non-finite at step {nonfinite}. "
+          f"Stopped at step {step}; " + (
+              f"the last good checkpoint is step {ckpt.latest_step()} in {workdir}. "
+              "Lower the learning rate or check the inputs, then resume from it."
+              if ckpt.latest_step() is not None else
+              f"no checkpoint was saved before it in {workdir}. Lower the learning "
+              "rate or check the inputs, and start again."))
     ckpt.save(step, params, state, data_state=train_iter.get_state())
 
   # --- Loop -----------------------------------------------------------------------
