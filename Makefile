@@ -5,7 +5,7 @@ DATA_DIR ?= $(or $(TANDEM_DATA_DIR),$(HOME)/tensorflow_datasets)
 WORKDIR ?= workdirs/demo_barlow_twins
 FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install install-test tcmalloc fashion-mnist slurm demo test bench
+.PHONY: install install-test tcmalloc fashion-mnist slurm demo test test-slow bench
 
 install: tcmalloc
 	$(PIP) install -q -e ".[cpu]"
@@ -55,6 +55,10 @@ slurm:
 # Two workers: compiling dominates the suite, and XLA compiles on one core.
 test: install-test slurm
 	$(PYTHON) -m pytest -q -n 2 --dist worksteal tests
+
+# The fault-injection trials at full count: 10 kill -9 trials (make test runs 3).
+test-slow: install-test
+	TANDEM_KILL_TRIALS=10 $(PYTHON) -m pytest -q -s tests/test_faults.py -k kill_9
 
 # This codebase next to PyTorch (bench/peers.py: the same models, loss, optimizer and
 # inputs; lightly's losses checked equal to ours first), with the `bench` extra, and

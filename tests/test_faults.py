@@ -2,6 +2,7 @@
 happened and how to fix it, and nothing already saved is lost."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,12 +13,13 @@ import numpy as np
 import optax
 import pytest
 
+import tandem
 from tandem import checkpoint
 from tandem import metrics_writer
 from tandem import train_state
 from tandem.ssl import train
 
-from conftest import bt_config
+from conftest import BT_NO_EVALS, NO_EVALS, ROOT, bt_config
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -124,3 +126,47 @@ def test_parameters_that_overflow_under_a_finite_loss_are_caught():
   with pytest.raises(train_state.NonFiniteLossError,
                      match="loss, gradient or parameters became non-finite at step 0"):
     train_state.check_finite(state, "")
+
+
+# `make test-slow` runs 10 trials (the figure in README's Reliability table).
+KILL_TRIALS = int(os.environ.get("TANDEM_KILL_TRIALS", "3"))
+
+
+def test_kill_9_at_random_moments_then_the_same_command_resumes_bitwise(
+    tiny_data_dir, tmp_path):
+  steps = 30  # Checkpoints every 3 steps, asynchronously: kills land mid-save too.
+  overrides = {"total_steps": steps, "checkpoint.every": 3, **NO_EVALS}
+  train.train(bt_config(tiny_data_dir, **overrides), str(tmp_path / "reference"))
+  expected = jax.tree.leaves(jax.device_get(
+      tandem.load(str(tmp_path / "reference")).params))
+  kill_after = np.random.default_rng(0).integers(1, steps, size=KILL_TRIALS)
+  outcomes = []
+  for trial, after in enumerate(kill_after):
+    workdir = tmp_path / f"trial{trial}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tandem.ssl.train", "--config", BT_NO_EVALS,
+         f"--config.data_dir={tiny_data_dir}", f"--config.total_steps={steps}",
+         "--config.checkpoint.every=3", "--workdir", str(workdir)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+      lines.append(line)
+      if line.startswith(f"step {after}/{steps}"):
+        proc.kill()  # SIGKILL: no handler runs, an async save may be half written.
+        break
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == -signal.SIGKILL, "".join(lines)
+    saved = checkpoint.Checkpointer(str(workdir)).latest_step()
+
+    result = train.train(bt_config(tiny_data_dir, **overrides), str(workdir))
+    got = jax.tree.leaves(jax.device_get(tandem.load(str(workdir)).params))
+    identical = all(np.array_equal(a, b) for a, b in zip(got, expected))
+    logged = [row["step"] for row in map(json.loads, open(workdir / "metrics.jsonl"))
+              if "loss" in row]  # Training rows (evaluation rows have no loss).
+    outcomes.append(dict(killed_after_step=int(after), resumed_from=saved,
+                         final_step=result["step"], bitwise=identical,
+                         log_steps_once=logged == list(range(1, steps + 1))))
+  print(f"kill -9 trials: {sum(o['bitwise'] for o in outcomes)} of {len(outcomes)} "
+        f"bitwise identical: {outcomes}")
+  assert all(o["bitwise"] and o["log_steps_once"] and o["final_step"] == steps
+             for o in outcomes), outcomes
