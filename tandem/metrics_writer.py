@@ -37,11 +37,12 @@ def _summary_writer_class():
 class MetricsWriter:
   """Appends to WORKDIR/metrics.jsonl and TensorBoard event files.
 
-  `resumed_step`: the checkpoint step a resumed run starts from. What the earlier
-  run logged after it (steps the resumed run logs again) is dropped: JSON lines
-  with a larger step and a line torn by a crash (not valid JSON) are removed, by
+  `resumed_step`: the step a run starts from (its checkpoint's, or 0 when it starts
+  from scratch in a workdir an earlier attempt logged into before its first save).
+  What was logged after it (steps this run logs again) is dropped: JSON lines with
+  a larger step and a line torn by a crash (not valid JSON) are removed, by
   rewriting the file atomically, and TensorBoard hides its events from that step on
-  (tensorboardX's `purge_step`).
+  (tensorboardX's `purge_step`). Step-0 rows (the cached baselines) stay.
   """
 
   def __init__(self, workdir: str, resumed_step: int | None = None):

@@ -300,7 +300,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   first_step = int(state["step"])
 
   # --- Evals --------------------------------------------------------------------
-  writer = metrics_writer.MetricsWriter(workdir, resumed_step=resumed_step)
+  # From a checkpoint or from scratch (a run killed before its first save), the
+  # rows an earlier attempt logged after this step are logged again: dropped.
+  writer = metrics_writer.MetricsWriter(workdir, resumed_step=first_step)
   progress = metrics_writer.Progress(config.total_steps, config.input.batch_size,
                                      first_step)
   evals = periodic.PeriodicEvals(config, data_dir=data_dir, mesh=mesh)
