@@ -215,16 +215,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Refuses, before anything is written: bad run settings (`check_run_config`), a
   workdir it cannot write, and a workdir another run holds (`WorkdirLock`).
   """
-  objectives.get_objective(config.objective)  # An unknown name is named first.
+  objective = objectives.get_objective(config.objective)  # Unknown names first.
   check_run_config(config)
   checkpoint.check_writable(workdir)
   with checkpoint.WorkdirLock(workdir, jax.process_index()):
-    return _train(config, workdir)
+    return _train(config, workdir, objective)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def _train(config: ml_collections.ConfigDict, workdir: str, objective) -> dict:
   # --- Config -----------------------------------------------------------------
-  objective = objectives.get_objective(config.objective)
   check_config_matches_workdir(config, workdir)
   if jax.process_index() == 0:
     checkpoint.write_config(workdir, config)
