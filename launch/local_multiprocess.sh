@@ -8,8 +8,11 @@
 # output goes to the terminal, the others' to WORKDIR/process_<i>.log.
 # If a process dies, the others stop within --heartbeat_timeout_s (JAX's
 # coordination service aborts them); this script then says which process failed
-# first and exits non-zero. Running the same command again resumes from the last
-# checkpoint in WORKDIR.
+# first and exits non-zero. SIGTERM, SIGINT (Ctrl-C) or SIGHUP to this script is
+# passed to every process once (each runs in its own session, so a signal to the
+# terminal's or the script's process group reaches them only through here): they
+# agree on a step, save a checkpoint there and exit. Running the same command
+# again resumes from the last checkpoint in WORKDIR.
 set -euo pipefail
 num=${1:?usage: $0 NUM_PROCESSES --config ... --workdir DIR [flags]}
 shift
@@ -28,22 +31,34 @@ xla_flags="$(printf '%s\n' ${XLA_FLAGS:-} | \
   { grep -v '^--xla_force_host_platform_device_count' || true; } | tr '\n' ' ')"
 xla_flags="${xla_flags}--xla_force_host_platform_device_count=$per"
 pids=()
-for ((i = 1; i < num; i++)); do
+start() {  # Process $1 (exec: the pid is the trainer's), in a session of its own.
   XLA_FLAGS="$xla_flags" JAX_PLATFORMS=cpu \
-    python -m tandem.ssl.train "$@" --coordinator_address="127.0.0.1:$port" \
-    --num_processes="$num" --process_id="$i" > "${workdir:-.}/process_$i.log" 2>&1 &
+    exec setsid -w python -m tandem.ssl.train "${args[@]}" \
+    --coordinator_address="127.0.0.1:$port" --num_processes="$num" --process_id="$1"
+}
+args=("$@")
+start 0 &  # Its output to the terminal; the others' appended to their logs.
+pids+=($!)
+for ((i = 1; i < num; i++)); do
+  start "$i" >> "${workdir:-.}/process_$i.log" 2>&1 &
   pids+=($!)
 done
+forward() {
+  echo "local_multiprocess.sh: SIG$1: passing it to the $num processes, which save" \
+       "a checkpoint and stop." >&2
+  kill -s "$1" "${pids[@]}" 2>/dev/null || true
+}
+for sig in TERM INT HUP; do trap "forward $sig" "$sig"; done
 status=0
-XLA_FLAGS="$xla_flags" JAX_PLATFORMS=cpu \
-  python -m tandem.ssl.train "$@" --coordinator_address="127.0.0.1:$port" \
-  --num_processes="$num" --process_id=0 || status=$?
-codes=("$status")
+codes=()
 for pid in "${pids[@]}"; do
-  code=0
-  wait "$pid" || code=$?
+  while true; do  # `wait` returns early when a trapped signal arrives.
+    code=0
+    wait "$pid" || code=$?
+    kill -0 "$pid" 2>/dev/null || break
+  done
   codes+=("$code")
-  if [ "$code" != 0 ]; then status=$code; fi
+  if [ "$code" != 0 ] && [ "$status" = 0 ]; then status=$code; fi
 done
 if [ "$status" != 0 ]; then
   describe() {  # An exit status in words.

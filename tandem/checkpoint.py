@@ -1,30 +1,45 @@
 """Orbax checkpoints: periodic asynchronous saves, resume, and params-only restore.
 
-Layout: `workdir/checkpoints/<step>/{model,train_state,data}` plus
+Layout: `workdir/checkpoints/<step>/{model,train_state,data,checksums}` plus
 `workdir/config.json`.
 - `model`: params and model state (batch-norm statistics): everything inference
   needs, restorable alone, on any devices, for analysis.
 - `train_state`: optimizer state, step, rng, and the first step whose loss was not
   finite (-1 if none).
 - `data`: the input iterator's state (JSON), so resume continues the same stream.
+- `checksums`: a checksum of every saved array (JSON; `array_checksums`), computed
+  on device from the arrays being saved and checked against the arrays read back
+  on every restore, so a damaged file (a flipped bit the compressor does not
+  notice) is an error naming the array, never wrong weights.
 
 Orbax writes each step into a temporary directory and renames it only once every
 item is complete, so a half-written checkpoint (process killed mid-save) is never
 listed by `latest_step()` and never picked up on resume.
+
+A complete checkpoint damaged afterwards (a truncated or deleted file, garbage
+metadata, a checksum that does not match) is refused, on resume and by
+`tandem.load`, with a `CheckpointError` naming the step, the array where it can
+be told, and the newest earlier step that reads back intact. Resume does not fall
+back to that step by itself: moving the damaged step aside is the user's call.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import gc
 import json
 import logging
 import os
+import re
 import socket
+import sys
 import tempfile
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 class CheckpointError(RuntimeError):
@@ -60,7 +75,101 @@ def _write_replicated_arrays_whole() -> None:
 def _handlers():
   return {"model": ocp.StandardCheckpointHandler(),
           "train_state": ocp.StandardCheckpointHandler(),
-          "data": ocp.JsonCheckpointHandler()}
+          "data": ocp.JsonCheckpointHandler(),
+          "checksums": ocp.JsonCheckpointHandler()}
+
+
+def _words(x):
+  """The array's bits as uint32 words (narrower types widened, 64-bit ones split)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}
+  return jax.lax.bitcast_convert_type(x, unsigned[x.dtype.itemsize]).astype(
+      jnp.uint32)
+
+
+@jax.jit
+def _checksum_words(tree):
+  def one(x):
+    w = _words(x)
+    # Each word's flat position, from iotas (no reshape of a sharded array).
+    position = jnp.ones((), jnp.uint32)
+    stride = 1
+    for axis in reversed(range(w.ndim)):
+      position = position + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) \
+          * jnp.uint32(stride % 2**32)
+      stride *= w.shape[axis]
+    return jnp.stack([jnp.sum(w, dtype=jnp.uint32),
+                      jnp.sum(w * position, dtype=jnp.uint32)])
+  return jax.tree.map(one, tree)
+
+
+def array_checksums(tree) -> dict[str, str]:
+  """{array path: 16 hex digits}: a Fletcher-style checksum of each array's bits
+  (the wrapping sums of its uint32 words and of each word times its position),
+  computed on the devices that hold it, sharded or not. Any one changed word
+  changes both sums; equal arrays give equal checksums on any sharding."""
+  sums = jax.device_get(_checksum_words(tree))
+  return {jax.tree_util.keystr(path): f"{int(a):08x}{int(b):08x}"
+          for path, (a, b) in jax.tree_util.tree_flatten_with_path(sums)[0]}
+
+
+def _verify(item: str, tree, saved: dict[str, str] | None) -> None:
+  """CheckpointError naming the first arrays whose checksum differs."""
+  if saved is None:  # Written before checksums were stored.
+    return
+  found = array_checksums(tree)
+  bad = [k for k in saved if found.get(k) != saved[k]]
+  if bad:
+    raise CheckpointError(
+        f"{len(bad)} array(s) of {item!r} read back with a checksum other than "
+        f"the one saved: {', '.join(bad[:3])}")
+
+
+def _root_cause(e: BaseException) -> str:
+  """What went wrong in one line: the first error in the chain that names an
+  array (TensorStore's own message, without the 60 lines of its spec), else the
+  error orbax raised."""
+  chain = [e]
+  while (chain[-1].__cause__ or chain[-1].__context__) is not None \
+      and len(chain) < 20:
+    chain.append(chain[-1].__cause__ or chain[-1].__context__)
+  for error in chain:
+    text = str(error).strip()
+    array = re.search(r'Error (?:reading|opening) "([^"/]+)/', text)
+    if array:
+      return (f"array {array.group(1)}: {type(error).__name__}: "
+              f"{text.splitlines()[0][:300]}")
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+def _restore_quietly(restore):
+  """`restore()`, or a CheckpointError naming the cause in one line.
+
+  When a damaged checkpoint fails to read, orbax's other concurrent reads that
+  failed too are reported by Python as "Exception ignored in <coroutine>", each
+  with a 60-line TensorStore spec, whenever they are garbage-collected: they are
+  collected here, at debug level, after the error was reduced to its message and
+  dropped (so nothing keeps them alive to be printed later)."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda u: logging.debug("Ignored: %s", u.exc_value)
+  cause = None
+  try:
+    try:
+      return restore()
+    except Exception as e:  # Orbax raises many types; name the cause.
+      cause = _root_cause(e)
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous
+  raise CheckpointError(cause)
+
+
+def _step_has(directory: str, step: int, item: str) -> bool:
+  return os.path.isdir(os.path.join(directory, str(step), item))
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -80,6 +189,86 @@ def _quiet():
     logger.setLevel(level)
 
 
+# Writes that fail because of the storage, not the program: errno, and the
+# status codes TensorStore reports them with.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+_STORAGE_CODES = (("RESOURCE_EXHAUSTED", os.strerror(errno.ENOSPC)),
+                  ("No space left on device", os.strerror(errno.ENOSPC)),
+                  ("Read-only file system", os.strerror(errno.EROFS)),
+                  ("PERMISSION_DENIED", os.strerror(errno.EACCES)))
+
+
+def storage_error(e: BaseException) -> str | None:
+  """The system's reason ("No space left on device", "Read-only file system",
+  ...) when `e` or an error it was raised from is a write the storage refused;
+  None for any other error."""
+  seen = 0
+  while e is not None and seen < 20:
+    if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+      return os.strerror(e.errno)
+    for code, reason in _STORAGE_CODES:
+      if code in str(e):
+        return reason
+    e, seen = e.__cause__ or e.__context__, seen + 1
+  return None
+
+
+def _filesystem(path: str) -> str:
+  """"the filesystem at MOUNT: X MB free of Y MB" for the volume holding `path`."""
+  path = os.path.abspath(path)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  mount = path
+  while not os.path.ismount(mount):
+    mount = os.path.dirname(mount)
+  try:
+    st = os.statvfs(path)
+  except OSError:
+    return f"the filesystem at {mount}"
+  mb = lambda blocks: blocks * st.f_frsize / 2**20
+  return (f"the filesystem at {mount}: {mb(st.f_bavail):.1f} MB free of "
+          f"{mb(st.f_blocks):.1f} MB")
+
+
+def storage_message(workdir: str, reason: str, what: str, path: str = "") -> str:
+  """The sentence for a write the storage refused: what failed, why, on which
+  volume (the one holding `path`, default the workdir), the checkpoint the run
+  can resume from, and what to do."""
+  try:
+    steps = all_steps(workdir)
+  except Exception:  # pylint: disable=broad-except
+    steps = []
+  last = (f"The last complete checkpoint is step {steps[-1]}, intact; no partial "
+          "checkpoint is ever resumed from." if steps else
+          "No checkpoint was completed.")
+  fix = {os.strerror(errno.ENOSPC): "Free space (or raise the quota)",
+         os.strerror(errno.EDQUOT): "Free space (or raise the quota)",
+         os.strerror(errno.EROFS): "Make the volume writable again"}.get(
+             reason, "Fix the permissions")
+  return (f"{what}: {reason} ({_filesystem(path or workdir)}). {last} {fix}, or pass "
+          "another --workdir with this one's files, then run the same command to "
+          + ("resume." if steps else "start again."))
+
+
+class _QuietStorageErrors(logging.Filter):
+  """Drops orbax's own ERROR logs of a write the storage refused (one traceback
+  per writer thread and unretrieved future, hundreds of lines): the run stops
+  with one WorkdirError that says it all. Other errors pass."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR:
+      return True
+    message = record.getMessage()
+    if "orbax" not in record.pathname and "orbax" not in message:
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    return (storage_error(error) if error is not None else None) is None and \
+        not any(code in message for code, _ in _STORAGE_CODES)
+
+
+_STORAGE_FILTER = _QuietStorageErrors()
+
+
 class Checkpointer:
   """Saves and restores the full training state of one run.
 
@@ -90,6 +279,10 @@ class Checkpointer:
   def __init__(self, workdir: str, *, keep: int = 2, async_save: bool = True,
                keep_every: int = 0):
     _write_replicated_arrays_whole()
+    for logger in ("absl", "asyncio"):  # Added once: filters are a set.
+      logging.getLogger(logger).addFilter(_STORAGE_FILTER)
+    self.workdir = workdir
+    self._pending = None  # The last step saved, until known complete.
     self.manager = ocp.CheckpointManager(
         checkpoint_dir(workdir),
         options=ocp.CheckpointManagerOptions(
@@ -103,40 +296,107 @@ class Checkpointer:
   def save(self, step: int, params, state, data_state: dict[str, Any]) -> None:
     """Saves params and the train state (a dict holding `model_state`)."""
     model, train_state = _split(params, state)
-    self.manager.save(step, args=ocp.args.Composite(
-        model=ocp.args.StandardSave(model),
-        train_state=ocp.args.StandardSave(train_state),
-        data=ocp.args.JsonSave(data_state)), force=True)
+    checksums = {"model": array_checksums(model),
+                 "train_state": array_checksums(train_state)}
+    # An asynchronous save that failed reports it here, at the next one.
+    with self._storage_errors(step):
+      self.manager.save(step, args=ocp.args.Composite(
+          model=ocp.args.StandardSave(model),
+          train_state=ocp.args.StandardSave(train_state),
+          data=ocp.args.JsonSave(data_state),
+          checksums=ocp.args.JsonSave(checksums)), force=True)
+    self._pending = step
+
+  @contextlib.contextmanager
+  def _storage_errors(self, step: int | None):
+    """A save the storage refused (full, read-only, not permitted) as a
+    WorkdirError naming the step, the volume and the checkpoint to resume from."""
+    try:
+      yield
+    except Exception as e:  # Orbax raises many types, from several threads.
+      reason = storage_error(e)
+      if reason is None:
+        raise
+      # (Orbax's manager may raise the same error again if asked: the disk.)
+      failed = step if self._pending is None or os.path.isdir(os.path.join(
+          str(self.manager.directory), str(self._pending))) else self._pending
+      raise WorkdirError(storage_message(
+          self.workdir, reason, f"Could not write checkpoint step {failed} in "
+          f"{self.manager.directory}", path=str(self.manager.directory))) from e
 
   def restore(self, step: int, abstract_params, abstract_state):
-    """Restores (params, state, data_state) onto the shardings of the abstract trees."""
+    """Restores (params, state, data_state) onto the shardings of the abstract
+    trees, each array checked against its saved checksum. A damaged step raises a
+    CheckpointError naming it and the newest earlier step that is intact."""
     model, train_state = _split(abstract_params, abstract_state)
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          model=ocp.args.StandardRestore(model),
-          train_state=ocp.args.StandardRestore(train_state),
-          data=ocp.args.JsonRestore()))
-    except Exception as e:  # Orbax raises many types; say which checkpoint failed.
-      raise CheckpointError(
-          f"Could not restore checkpoint step {step} from "
-          f"{self.manager.directory}: {type(e).__name__}: {e}. If it is corrupt, "
-          "delete that step's directory to resume from the previous one.") from e
+      return self._restore_verified(step, model, train_state)
+    except CheckpointError as e:
+      raise CheckpointError(_damaged_message(
+          str(self.manager.directory), step, str(e), self._intact_before(
+              step, model, train_state), resume=True)) from e
+
+  def _restore_verified(self, step, model, train_state):
+    directory = str(self.manager.directory)
+    with_checksums = _step_has(directory, step, "checksums")
+    items = dict(model=ocp.args.StandardRestore(model),
+                 train_state=ocp.args.StandardRestore(train_state),
+                 data=ocp.args.JsonRestore())
+    if with_checksums:
+      items["checksums"] = ocp.args.JsonRestore()
+    restored = _restore_quietly(lambda: self.manager.restore(
+        step, args=ocp.args.Composite(**items)))
+    checksums = restored["checksums"] if with_checksums else {}
+    _verify("model", restored["model"], checksums.get("model"))
+    _verify("train_state", restored["train_state"], checksums.get("train_state"))
     model, state = restored["model"], dict(restored["train_state"])
     state["model_state"] = model["model_state"]
     return model["params"], state, restored["data"]
 
+  def _intact_before(self, step, model, train_state) -> int | None:
+    for earlier in sorted((s for s in self.manager.all_steps() if s < step),
+                          reverse=True):
+      try:
+        self._restore_verified(earlier, model, train_state)
+        return earlier
+      except CheckpointError:
+        continue
+    return None
+
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._storage_errors(None):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    with self._storage_errors(None):
+      try:
+        self.manager.wait_until_finished()
+      finally:
+        self.manager.close()
 
 
 def _split(params, state):
   model = {"params": params, "model_state": state["model_state"]}
   train_state = {k: v for k, v in state.items() if k != "model_state"}
   return model, train_state
+
+
+def _damaged_message(directory: str, step: int, cause: str, intact: int | None,
+                     resume: bool) -> str:
+  workdir = os.path.dirname(directory)
+  aside = (f"mv {os.path.join(directory, str(step))} "
+           f"{os.path.join(workdir, f'damaged_step_{step}')}")
+  if intact is None:
+    todo = ("No earlier checkpoint reads back intact: start again in a new "
+            "--workdir." if resume else "No earlier checkpoint reads back intact.")
+  elif resume:
+    todo = (f"Step {intact} is intact: move the damaged step aside ({aside}) and "
+            f"run the same command to resume from step {intact}.")
+  else:
+    todo = (f"Step {intact} is intact: load it with step={intact}, or move the "
+            f"damaged step aside ({aside}).")
+  return (f"Checkpoint step {step} in {directory} is damaged or unreadable: "
+          f"{cause}. {todo}")
 
 
 def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
@@ -173,17 +433,40 @@ def restore_params(workdir: str, step: int | None = None,
                           f"available steps: {sorted(steps)}.")
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
+    model = _restore_model_verified(manager, directory, step, sharding)
+  except CheckpointError as e:
+    intact = None
+    for earlier in sorted((s for s in steps if s < step), reverse=True):
+      try:
+        _restore_model_verified(manager, directory, earlier, sharding)
+        intact = earlier
+        break
+      except CheckpointError:
+        continue
+    raise CheckpointError(_damaged_message(directory, step, str(e), intact,
+                                           resume=False)) from e
+  return model["params"], model.get("model_state") or {}, step
+
+
+def _restore_model_verified(manager, directory: str, step: int, sharding):
+  """The `model` item of `step` on `sharding`, checked against its checksums."""
+  with_checksums = _step_has(directory, step, "checksums")
+
+  def restore():
     with _quiet():
       metadata = manager.item_metadata(step)["model"].tree
       abstract = jax.tree.map(
           lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
           metadata)
-      model = manager.restore(step, args=ocp.args.Composite(
-          model=ocp.args.StandardRestore(abstract)))["model"]
-  except Exception as e:
-    raise CheckpointError(f"Could not restore params of step {step} from "
-                          f"{directory}: {type(e).__name__}: {e}") from e
-  return model["params"], model.get("model_state") or {}, step
+      items = dict(model=ocp.args.StandardRestore(abstract))
+      if with_checksums:
+        items["checksums"] = ocp.args.JsonRestore()
+      return manager.restore(step, args=ocp.args.Composite(**items))
+
+  restored = _restore_quietly(restore)
+  if with_checksums:
+    _verify("model", restored["model"], restored["checksums"].get("model"))
+  return restored["model"]
 
 
 class WorkdirError(RuntimeError):

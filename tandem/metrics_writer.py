@@ -7,6 +7,7 @@ Only process 0 writes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -54,7 +55,11 @@ class MetricsWriter:
     path = os.path.join(workdir, "metrics.jsonl")
     if resumed_step is not None:
       truncate_jsonl(path, resumed_step)
-    self._jsonl = open(path, "a")
+    self._path = path
+    # Unbuffered, O_APPEND: each row goes down in one write (a crash tears at most
+    # the last line, which the next resume drops), and a failed write raises here,
+    # naming the file, instead of again at close.
+    self._jsonl = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     self._tb = _summary_writer_class()(
         os.path.join(workdir, "tensorboard"),
         purge_step=None if resumed_step is None else resumed_step + 1)
@@ -63,11 +68,19 @@ class MetricsWriter:
     if not self.enabled:
       return
     values = {k: float(np.asarray(v)) for k, v in metrics.items()}
-    self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
-    self._jsonl.flush()
-    for k, v in values.items():
-      self._tb.add_scalar(k, v, int(step))
-    self._tb.flush()
+    line = (json.dumps({"step": int(step), **values}) + "\n").encode()
+    try:
+      while line:  # A short write (a disk filling up) is retried: it then raises.
+        line = line[os.write(self._jsonl, line):]
+    except OSError as e:
+      raise OSError(e.errno, e.strerror, self._path) from e
+    try:
+      for k, v in values.items():
+        self._tb.add_scalar(k, v, int(step))
+      self._tb.flush()
+    except OSError as e:
+      raise OSError(e.errno, e.strerror, os.path.join(self._workdir, "tensorboard")) \
+          from e
 
   def write_images(self, step: int, name: str, image) -> None:
     """One uint8 image [H, W, C] (e.g. a grid) to TensorBoard and to
@@ -87,8 +100,11 @@ class MetricsWriter:
 
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
-      self._tb.close()
+      os.close(self._jsonl)
+      try:
+        self._tb.close()
+      except OSError as e:  # Events it could not flush (a full disk): said already.
+        logging.warning("TensorBoard events in %s not flushed: %s", self._workdir, e)
 
 
 def truncate_jsonl(path: str, last_step: int) -> int:

@@ -2,6 +2,7 @@
 happened and how to fix it, and nothing already saved is lost."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -76,6 +77,54 @@ def read_only_dir(tmp_path):
     pytest.skip("needs root to mount a read-only tmpfs")
   yield mount
   subprocess.run(["umount", str(mount)], check=True)
+
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+  """`mount(path)` mounts an empty 8 MB tmpfs on a new directory `path` (root
+  only); all unmounted at the end."""
+  if os.geteuid() != 0:
+    pytest.skip("needs root to mount a tmpfs")
+  mounted = []
+
+  def mount(path):
+    os.makedirs(path)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)],
+                      capture_output=True).returncode:
+      pytest.skip("cannot mount a tmpfs here")
+    mounted.append(path)
+    return path
+
+  yield mount
+  for path in reversed(mounted):
+    subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def _fill(folder):
+  """Fills the filesystem holding `folder` to the last byte."""
+  fd = os.open(os.path.join(folder, "filler"), os.O_WRONLY | os.O_CREAT)
+  for block in (65536, 1):  # Large blocks, then the last bytes one by one.
+    try:
+      while True:
+        os.write(fd, b"\0" * block)
+    except OSError:
+      pass
+  os.close(fd)
+
+
+def _before_saving(monkeypatch, step, fault):
+  """Runs `fault()` once the run's earlier saves are complete, just before it
+  saves `step`."""
+  original = checkpoint.Checkpointer.save
+
+  def save(self, saved_step, *args, **kwargs):
+    if saved_step == step:
+      self.wait()
+      fault()
+    return original(self, saved_step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
 
 
 def test_a_read_only_workdir_is_refused_at_start_naming_it(read_only_dir, tmp_path):
@@ -170,3 +219,156 @@ def test_kill_9_at_random_moments_then_the_same_command_resumes_bitwise(
         f"bitwise identical: {outcomes}")
   assert all(o["bitwise"] and o["log_steps_once"] and o["final_step"] == steps
              for o in outcomes), outcomes
+
+
+@pytest.fixture(scope="module")
+def six_step_run(tiny_data_dir, tmp_path_factory):
+  """A 6-step run with checkpoints at steps 3 and 6."""
+  workdir = tmp_path_factory.mktemp("six_steps") / "run"
+  train.train(bt_config(tiny_data_dir, total_steps=6, **{"checkpoint.every": 3},
+                        **NO_EVALS), str(workdir))
+  return workdir
+
+
+def _damage(step_dir, how):
+  """Damages the largest array file of the step's `model` item."""
+  files = sorted((step_dir / "model").glob("ocdbt.process_0/d/*"),
+                 key=lambda p: p.stat().st_size)
+  if how == "flipped bit":  # Decompresses without error, to wrong numbers.
+    data = bytearray(files[-1].read_bytes())
+    data[len(data) // 2] ^= 0x40
+    files[-1].write_bytes(bytes(data))
+  elif how == "truncated file":
+    os.truncate(files[-1], files[-1].stat().st_size // 2)
+  elif how == "deleted file":
+    files[-1].unlink()
+  elif how == "garbage metadata":
+    (step_dir / "model" / "_METADATA").write_text("garbage{")
+
+
+@pytest.mark.parametrize("how, cause", [
+    ("flipped bit", r"1 array\(s\) of 'model' read back with a checksum other than "
+     r"the one saved: \['params'\]\['projector'\]\['out'\]\['kernel'\]"),
+    ("truncated file", r"array params\.[\w.]+: ValueError: "
+     r"OUT_OF_RANGE: Error reading"),
+    ("deleted file", r"array params\.[\w.]+: ValueError: "),
+    ("garbage metadata", r"JSONDecodeError: Expecting value"),
+], ids=lambda v: v if " " in v and "\\" not in v else "")
+def test_a_damaged_checkpoint_is_named_with_the_intact_step_before_it(
+    six_step_run, tiny_data_dir, tmp_path, how, cause):
+  workdir = tmp_path / "run"
+  shutil.copytree(six_step_run, workdir)
+  _damage(workdir / "checkpoints" / "6", how)
+  ckpts = workdir / "checkpoints"
+  with pytest.raises(checkpoint.CheckpointError, match=(
+      rf"^Checkpoint step 6 in {ckpts} is damaged or unreadable: {cause}.*\. Step 3 "
+      rf"is intact: load it with step=3, or move the damaged step aside \(mv "
+      rf"{ckpts}/6 {workdir}/damaged_step_6\)\.$")):
+    tandem.load(str(workdir))
+  assert tandem.load(str(workdir), step=3).step == 3
+  # Resume refuses too (it does not fall back by itself), saying what to do.
+  config = bt_config(tiny_data_dir, total_steps=6,
+                     **{"checkpoint.every": 3}, **NO_EVALS)
+  with pytest.raises(checkpoint.CheckpointError, match=(
+      rf"^Checkpoint step 6 .* damaged or unreadable: {cause}.*\. Step 3 is intact: "
+      r"move the damaged step aside \(mv .*\) and run the same command to resume "
+      r"from step 3\.$")):
+    train.train(config, str(workdir))
+
+
+def test_a_run_resumed_past_a_damaged_step_as_told_ends_as_if_undamaged(
+    six_step_run, tiny_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(six_step_run, workdir)
+  _damage(workdir / "checkpoints" / "6", "flipped bit")
+  os.rename(workdir / "checkpoints" / "6", workdir / "damaged_step_6")  # As told.
+  result = train.train(bt_config(tiny_data_dir, total_steps=6,
+                                 **{"checkpoint.every": 3}, **NO_EVALS), str(workdir))
+  assert result["step"] == 6
+  expected = jax.tree.leaves(jax.device_get(tandem.load(str(six_step_run)).params))
+  got = jax.tree.leaves(jax.device_get(tandem.load(str(workdir)).params))
+  assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
+def test_checksums_change_with_any_word_and_not_with_the_sharding():
+  x = np.arange(24, dtype=np.float32).reshape(4, 6)
+  base = checkpoint.array_checksums({"x": x, "b": np.bool_(True), "h": x[:2].astype(
+      jnp.bfloat16), "k": jax.random.key_data(jax.random.key(0))})
+  for i in range(x.size):  # One flipped bit in any word.
+    y = x.copy().view(np.uint32)
+    y.flat[i] ^= 1 << (i % 32)
+    assert checkpoint.array_checksums({"x": y.view(np.float32)})["['x']"] \
+        != base["['x']"]
+  swapped = x.copy()
+  swapped.flat[[0, 1]] = swapped.flat[[1, 0]]  # Same words, other places.
+  assert checkpoint.array_checksums({"x": swapped})["['x']"] != base["['x']"]
+  mesh = jax.make_mesh((2,), ("d",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:2])
+  sharded = jax.device_put(x, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(None, "d")))
+  assert checkpoint.array_checksums({"x": sharded})["['x']"] == base["['x']"]
+
+
+
+def test_a_full_disk_during_a_save_stops_the_run_naming_it_and_the_same_command_resumes(
+    six_step_run, tiny_data_dir, small_tmpfs, tmp_path, monkeypatch):
+  disk = small_tmpfs(tmp_path / "disk")
+  workdir = disk / "run"
+  config = lambda: bt_config(tiny_data_dir, total_steps=6, **{"checkpoint.every": 3},
+                             **NO_EVALS)
+  _before_saving(monkeypatch, 6, lambda: _fill(disk))  # Its async writes fail.
+  with pytest.raises(checkpoint.WorkdirError, match=(
+      rf"^Could not write checkpoint step 6 in {workdir}/checkpoints: No space left "
+      rf"on device \(the filesystem at {disk}: 0.0 MB free of 8.0 MB\)\. The last "
+      r"complete checkpoint is step 3, intact; no partial checkpoint is ever resumed "
+      r"from\. Free space \(or raise the quota\), or pass another --workdir with "
+      r"this one's files, then run the same command to resume\.$")):
+    train.train(config(), str(workdir))
+  assert checkpoint.all_steps(str(workdir)) == [3]
+  assert tandem.load(str(workdir)).step == 3  # Read back, checksums verified.
+
+  monkeypatch.undo()
+  os.remove(disk / "filler")
+  assert train.train(config(), str(workdir))["step"] == 6
+  expected = jax.tree.leaves(jax.device_get(tandem.load(str(six_step_run)).params))
+  got = jax.tree.leaves(jax.device_get(tandem.load(str(workdir)).params))
+  assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
+def test_a_metrics_row_that_does_not_fit_names_the_file(
+    tiny_data_dir, small_tmpfs, tmp_path, monkeypatch):
+  disk = small_tmpfs(tmp_path / "disk")
+  writer = metrics_writer.MetricsWriter(str(disk))
+  _fill(disk)  # Rows still fit in the file's last page for a while.
+  with pytest.raises(OSError, match=rf"No space left on device: '{disk}/metrics.jsonl'"):
+    for step in range(10000):
+      writer.write(step, {"loss": 1.0})
+  writer.close()
+  os.remove(disk / "filler")
+
+  # The run stops with a WorkdirError naming that file (the real OSError above).
+  def write(self, step, metrics):
+    raise OSError(28, "No space left on device", f"{self._path}")
+  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", write)
+  workdir = tmp_path / "run"
+  with pytest.raises(checkpoint.WorkdirError, match=(
+      rf"^Could not write {workdir}/metrics.jsonl: No space left on device \(the "
+      rf"filesystem at .*\)\. No checkpoint was completed\. Free space .* run the "
+      r"same command to start again\.$")):
+    train.train(bt_config(tiny_data_dir, total_steps=2, **NO_EVALS), str(workdir))
+
+
+def test_a_checkpoint_volume_turned_read_only_mid_run_stops_it_naming_it(
+    tiny_data_dir, small_tmpfs, tmp_path, monkeypatch):
+  workdir = tmp_path / "run"
+  volume = small_tmpfs(workdir / "checkpoints")  # Checkpoints on their own volume.
+  _before_saving(monkeypatch, 6, lambda: subprocess.run(
+      ["mount", "-o", "remount,ro", str(volume)], check=True))
+  with pytest.raises(checkpoint.WorkdirError, match=(
+      rf"^Could not write checkpoint step 6 in {volume}: Read-only file system "
+      rf"\(the filesystem at {volume}: .* MB free of 8.0 MB\)\. The last complete "
+      r"checkpoint is step 3, intact; .* Make the volume writable again, or pass "
+      r"another --workdir")):
+    train.train(bt_config(tiny_data_dir, total_steps=6, **{"checkpoint.every": 3},
+                          **NO_EVALS), str(workdir))
+  assert tandem.load(str(workdir)).step == 3

@@ -2,6 +2,7 @@
 several processes training together over 127.0.0.1."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import tandem
+from tandem import checkpoint
 from tandem import parallel
 from tandem.ssl import train
 from conftest import (BT_NO_EVALS, NO_EVALS, assert_same_params, bt_config,
@@ -121,36 +123,71 @@ def test_two_processes_equal_one_and_restore_on_any_topology(tiny_data_dir, tmp_
   assert_same_params(workdir, single)
 
 
-def test_a_dead_process_stops_the_others_with_a_clear_error(tiny_data_dir, tmp_path):
-  """SIGKILL one of 2 training processes: the survivor stops within the heartbeat
-  timeout instead of waiting forever in a collective, and the launcher says which
-  process died and how to resume."""
+def test_the_launcher_passes_sigterm_on_and_a_dead_process_stops_the_others(
+    tiny_data_dir, tmp_path):
+  """1. SIGTERM to `launch/local_multiprocess.sh` alone reaches both trainers once:
+  they save at the same step and exit, and none is left running. 2. The same
+  command resumes there; SIGKILL one of the 2 processes: the survivor stops within
+  the heartbeat timeout instead of waiting forever in a collective, and the
+  launcher says which process died and how to resume."""
   workdir = tmp_path / "run"
-  launcher = subprocess.Popen(
-      ["bash", "launch/local_multiprocess.sh", "2",
-       "--config", "configs/ssl/barlow_twins.py:runlocal",
-       f"--config.data_dir={tiny_data_dir}", "--config.total_steps=100000",
-       "--config.log_every=1", "--heartbeat_timeout_s=10", "--workdir", str(workdir)],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      start_new_session=True, env={**os.environ, "DEVICES_PER_PROCESS": "2"})
-  try:
+
+  def launch():
+    return subprocess.Popen(
+        ["bash", "launch/local_multiprocess.sh", "2",
+         "--config", "configs/ssl/barlow_twins.py:runlocal",
+         f"--config.data_dir={tiny_data_dir}", "--config.total_steps=100000",
+         "--config.log_every=1", "--heartbeat_timeout_s=10", "--workdir",
+         str(workdir)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, env={**os.environ, "DEVICES_PER_PROCESS": "2"})
+
+  def wait_for_step_after(launcher, step):  # Both processes are stepping.
     deadline = time.time() + 240
-    while not (workdir / "metrics.jsonl").exists():  # Both processes are stepping.
+    metrics = workdir / "metrics.jsonl"
+    while not metrics.exists() or not any(
+        json.loads(line).get("step", 0) > step
+        for line in metrics.read_text().splitlines()[-3:] if line.endswith("}")):
       assert launcher.poll() is None and time.time() < deadline, \
           launcher.communicate(timeout=60)
       time.sleep(0.5)
-    pid = subprocess.run(["pgrep", "-f", f"{workdir} .*--process_id=1"],
-                         capture_output=True, text=True, check=True).stdout.split()
+
+  def trainers(process_id=""):
+    return subprocess.run(["pgrep", "-f", f"{workdir} .*--process_id={process_id}"],
+                          capture_output=True, text=True).stdout.split()
+
+  launcher = None
+  try:
+    launcher = launch()
+    wait_for_step_after(launcher, 0)
+    os.kill(launcher.pid, signal.SIGTERM)  # The script alone, not its group.
+    out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 128 + signal.SIGTERM, out + err
+    assert "SIGTERM: passing it to the 2 processes" in err, err
+    stopped = re.search(r"Stopped by signal 15 at step (\d+); checkpoint saved", out)
+    assert stopped, out + err
+    log_1 = (workdir / "process_1.log").read_text()
+    assert f"Stopped by signal 15 at step {stopped[1]}; checkpoint saved" in log_1, \
+        log_1
+    assert not trainers(), "a trainer outlived the launcher"
+    assert checkpoint.all_steps(str(workdir))[-1] == int(stopped[1])
+
+    launcher = launch()
+    wait_for_step_after(launcher, int(stopped[1]))
+    pid = trainers(1)
     assert len(pid) == 1, pid
     os.kill(int(pid[0]), signal.SIGKILL)
     killed = time.time()
     out, err = launcher.communicate(timeout=120)
-    stopped = time.time() - killed
+    stopped_in = time.time() - killed
   finally:
-    if launcher.poll() is None:
+    if launcher is not None and launcher.poll() is None:
       os.killpg(launcher.pid, signal.SIGKILL)
+    for pid in trainers():  # In sessions of their own.
+      os.kill(int(pid), signal.SIGKILL)
+  assert f"Resumed from step {stopped[1]}" in out, out
   assert launcher.returncode != 0
-  assert stopped < 10 + 30, stopped  # The heartbeat timeout, plus reporting.
+  assert stopped_in < 10 + 30, stopped_in  # The heartbeat timeout, plus reporting.
   assert "another task died" in err, err  # JAX's own message, from process 0.
   assert "process 0 aborted (134): JAX stopped it because another process died" \
       in err, err

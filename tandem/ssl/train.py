@@ -213,13 +213,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains per `config` in `workdir`; returns the final metrics.
 
   Refuses, before anything is written: bad run settings (`check_run_config`), a
-  workdir it cannot write, and a workdir another run holds (`WorkdirLock`).
+  workdir it cannot write, and a workdir another run holds (`WorkdirLock`). A
+  write the storage refuses later (a full disk, a volume turned read-only) stops
+  the run with a `checkpoint.WorkdirError` naming the file or checkpoint step, the
+  volume and the last complete checkpoint, which the same command resumes from.
   """
   objective = objectives.get_objective(config.objective)  # Unknown names first.
   check_run_config(config)
   checkpoint.check_writable(workdir)
   with checkpoint.WorkdirLock(workdir, jax.process_index()):
-    return _train(config, workdir, objective)
+    try:
+      return _train(config, workdir, objective)
+    except checkpoint.WorkdirError:
+      raise
+    except Exception as e:  # A log or results file the storage refused.
+      reason = checkpoint.storage_error(e)
+      if reason is None:
+        raise
+      path = getattr(e, "filename", None)
+      raise checkpoint.WorkdirError(checkpoint.storage_message(
+          workdir, reason, f"Could not write {path or 'to the workdir ' + workdir}",
+          path=path or workdir)) from e
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, objective) -> dict:
@@ -474,7 +488,7 @@ def main(argv):
       report.print_pretraining_summary(result, FLAGS.config)
   except (input_pipeline.DatasetNotPreparedError, ConfigMismatchError,
           NonFiniteLossError, input_pipeline.EmptyCaptionsError,
-          checkpoint.CheckpointError,
+          checkpoint.CheckpointError, checkpoint.WorkdirError,
           ValueError) as e:
     sys.exit(f"Error: {e}")
 
