@@ -148,8 +148,9 @@ def test_the_launcher_passes_sigterm_on_and_a_dead_process_stops_the_others(
     while not metrics.exists() or not any(
         json.loads(line).get("step", 0) > step
         for line in metrics.read_text().splitlines()[-3:] if line.endswith("}")):
-      assert launcher.poll() is None and time.time() < deadline, \
-          launcher.communicate(timeout=60)
+      if launcher.poll() is not None or time.time() > deadline:
+        out, err = launcher.communicate(timeout=60)
+        raise AssertionError(f"{out}\n{err}")
       time.sleep(0.5)
 
   def trainers(process_id=""):
@@ -166,9 +167,7 @@ def test_the_launcher_passes_sigterm_on_and_a_dead_process_stops_the_others(
     assert "SIGTERM: passing it to the 2 processes" in err, err
     stopped = re.search(r"Stopped by signal 15 at step (\d+); checkpoint saved", out)
     assert stopped, out + err
-    log_1 = (workdir / "process_1.log").read_text()
-    assert f"Stopped by signal 15 at step {stopped[1]}; checkpoint saved" in log_1, \
-        log_1
+    assert "process 1 stopped by signal 15 (143)" in err, err  # Saved with 0.
     assert not trainers(), "a trainer outlived the launcher"
     assert checkpoint.all_steps(str(workdir))[-1] == int(stopped[1])
 
