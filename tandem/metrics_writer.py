@@ -107,6 +107,24 @@ class MetricsWriter:
         logging.warning("TensorBoard events in %s not flushed: %s", self._workdir, e)
 
 
+def read_row(workdir: str, step: int, key: str) -> dict:
+  """The last row of WORKDIR/metrics.jsonl at `step` that has `key` (e.g. the
+  training row, with "loss"), without its step; {} if there is none."""
+  row = {}
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if isinstance(record, dict) and record.get("step") == step and key in record:
+          row = {k: v for k, v in record.items() if k != "step"}
+  except FileNotFoundError:
+    pass
+  return row
+
+
 def truncate_jsonl(path: str, last_step: int) -> int:
   """Keeps the rows of the JSON-lines file `path` up to `last_step`, dropping later
   ones and lines that are not valid JSON (torn by a crash); returns how many were

@@ -372,3 +372,66 @@ def test_a_checkpoint_volume_turned_read_only_mid_run_stops_it_naming_it(
     train.train(bt_config(tiny_data_dir, total_steps=6, **{"checkpoint.every": 3},
                           **NO_EVALS), str(workdir))
   assert tandem.load(str(workdir)).step == 3
+
+
+@pytest.mark.parametrize("fault", ["SIGTERM", "crash"])
+def test_a_run_stopped_during_its_final_evaluation_keeps_its_training_metrics(
+    six_step_run, tiny_data_dir, tmp_path, monkeypatch, fault):
+  from tandem.launch import run_dir  # pylint: disable=g-import-not-at-top
+  from tandem.transfer import periodic  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(six_step_run, workdir)
+  os.remove(workdir / "results.json")  # As if the first attempt died evaluating.
+  config = bt_config(tiny_data_dir, total_steps=6, **{"checkpoint.every": 3},
+                     **NO_EVALS)
+  original_run = periodic.PeriodicEvals.run
+
+  def run_and_fail(self, names, version, variables, log=None):
+    if fault == "SIGTERM":
+      signal.raise_signal(signal.SIGTERM)  # A preemption, mid-evaluation.
+    raise RuntimeError("the evaluation failed")
+
+  monkeypatch.setattr(periodic.PeriodicEvals, "run", run_and_fail)
+  if fault == "SIGTERM":
+    assert train.train(config, str(workdir)) == {"interrupted_at": 6, "signal": 15}
+  else:
+    with pytest.raises(RuntimeError, match="the evaluation failed"):
+      train.train(config, str(workdir))
+  results = json.load(open(workdir / "results.json"))
+  assert results["final_evaluation"] == \
+      {"SIGTERM": "interrupted", "crash": "pending"}[fault]
+  assert results["step"] == 6 and np.isfinite(results["final"]["loss"])
+  assert not run_dir.is_finished(str(workdir))  # A sweep runs it again.
+
+  monkeypatch.setattr(periodic.PeriodicEvals, "run", original_run)
+  train.train(config, str(workdir))  # The same command: evaluates again.
+  again = json.load(open(workdir / "results.json"))
+  assert again["final_evaluation"] == "done" and again["final"] == results["final"]
+  assert run_dir.is_finished(str(workdir))
+
+
+def test_a_record_file_truncated_mid_run_is_named_and_the_checkpoint_kept(
+    tiny_data_dir, tmp_path, monkeypatch):
+  from tandem.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / "data"
+  shutil.copytree(tiny_data_dir, data_dir)
+  (records,) = data_dir.glob("fashion_mnist/*/fashion_mnist-train.array_record-*")
+  original_write = metrics_writer.MetricsWriter.write
+
+  def write(self, step, metrics):
+    original_write(self, step, metrics)
+    if step == 3:  # Mid-run, after the first checkpoint.
+      os.truncate(records, records.stat().st_size // 3)
+
+  monkeypatch.setattr(metrics_writer.MetricsWriter, "write", write)
+  workdir = tmp_path / "run"
+  with pytest.raises(input_pipeline.DataSourceError, match=(
+      rf"^Could not read example \d+ of fashion_mnist train \(record \d+ of "
+      rf"{records}\): \w+: .*\. The dataset's files changed or were damaged after "
+      r"they were prepared \(truncated\? overwritten\?\)\. Prepare it again \(python "
+      r"-m tandem.data.prepare --dataset fashion_mnist\), then run the same command "
+      r"to resume from the last checkpoint\.")):  # (Grain adds a note after.)
+    train.train(bt_config(str(data_dir), total_steps=30, log_every=1, **{
+        "checkpoint.every": 3, "checkpoint.async_save": False}, **NO_EVALS),
+        str(workdir))
+  assert tandem.load(str(workdir)).step >= 3

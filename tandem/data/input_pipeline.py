@@ -69,6 +69,46 @@ class DatasetNotPreparedError(FileNotFoundError):
   """The dataset has not been prepared (built as array_record) in the data dir."""
 
 
+class DataSourceError(RuntimeError):
+  """A record of a prepared dataset could not be read or decoded (a file
+  truncated, overwritten or damaged after it was prepared)."""
+
+
+def _record_location(source, index: int) -> str:
+  """"record R of FILE" for example `index` of a TFDS array_record source, from
+  array_record's own (private) bookkeeping; "" where it has none."""
+  try:
+    reader, position = source.data_source._reader_idx_and_position(index)  # pylint: disable=protected-access
+    return (f"record {position} of "
+            f"{source.data_source._read_instructions[reader].filename}")  # pylint: disable=protected-access
+  except Exception:  # pylint: disable=broad-except
+    return ""
+
+
+def source_error(source, name: str, indices, error: Exception,
+                 decode=lambda raw: None) -> DataSourceError:
+  """A DataSourceError naming the first of `indices` that cannot be read (or
+  `decode`d: a function of one raw record), the record and file it is in, and how
+  to recover; `error` is what the batched read or decode raised."""
+  bad, cause = None, error
+  for index in indices:  # One at a time, to find the culprit.
+    try:
+      decode(source[int(index)])
+    except Exception as e:  # pylint: disable=broad-except
+      bad, cause = int(index), e
+      break
+  where = "" if bad is None else f" example {bad}"
+  location = "" if bad is None else _record_location(source, bad)
+  location = f" ({location})" if location else ""
+  text = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
+  return DataSourceError(
+      f"Could not read{where} of {name} {source.split}{location}: "
+      f"{type(cause).__name__}: {text}. The dataset's files changed or were "
+      "damaged after they were prepared (truncated? overwritten?). Prepare it "
+      f"again (python -m tandem.data.prepare --dataset {name}), then run the same "
+      "command to resume from the last checkpoint.")
+
+
 def resolve_data_dir(data_dir: str | None = None) -> str:
   """`data_dir`, else `$TANDEM_DATA_DIR`, else `~/tensorflow_datasets`."""
   data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or "~/tensorflow_datasets"
@@ -297,8 +337,10 @@ class _ReadBatch:
   {"image": uint8 NHWC, "label": int32 N[, "text", ...]}."""
 
   def __init__(self, source, batch_slices: _GlobalBatchSlices,
-               image_size: int, channels: int, captions: _Captions | None = None):
+               image_size: int, channels: int, captions: _Captions | None = None,
+               name: str = ""):
     self._source = source
+    self._name = name
     self._batch_slices = batch_slices
     self._decoder = records.ExampleDecoder(
         source.dataset_info, captions.feature if captions else None)
@@ -308,12 +350,18 @@ class _ReadBatch:
 
   def __call__(self, batch: int) -> dict[str, np.ndarray]:
     indices, offset = self._batch_slices(batch)
-    raw = self._source.__getitems__(indices.tolist())
+    decode = (self._decoder.decode_batch if self._captions is None
+              else self._decoder.decode)
+    try:
+      decoded = decode(self._source.__getitems__(indices.tolist()),
+                       self._image_size, self._channels)
+    except Exception as e:  # From array_record (a damaged file) or the parser.
+      raise source_error(
+          self._source, self._name, indices, e,
+          lambda raw: decode([raw], self._image_size, self._channels)) from e
     if self._captions is None:
-      images, labels = self._decoder.decode_batch(raw, self._image_size,
-                                                  self._channels)
+      images, labels = decoded
       return {"image": images, "label": labels}
-    decoded = self._decoder.decode(raw, self._image_size, self._channels)
     out = {k: v for k, v in decoded.items() if k != "texts"}
     out.update(self._captions(decoded, batch, offset))
     return out
@@ -394,7 +442,7 @@ def make_train_iterator(
                                     num_examples, process_index, process_count)
   captions = None if text is None else _Captions(text, name, seed)
   ds = grain.MapDataset.range(num_batches).map(
-      _ReadBatch(source, batch_slices, image_size, channels, captions))
+      _ReadBatch(source, batch_slices, image_size, channels, captions, name))
   read_options = grain.ReadOptions(num_threads=num_threads,
                                    prefetch_buffer_size=prefetch_batches)
   batches = iter(ds.to_iter_dataset(read_options))

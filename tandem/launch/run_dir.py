@@ -3,15 +3,17 @@ writes there (`tandem.ssl.train`) and the one the sweep launcher writes.
 
     config.json    the resolved config, written by train at its start
     metrics.jsonl  one record per logged step and per evaluation ({"step", ...})
-    results.json   {"final": {...metrics...}, "step": N}, written once training
-                   and the final evaluation are done
+    results.json   {"final": {...metrics...}, "step": N, "final_evaluation":
+                   "done"}, written once training and the final evaluation are
+                   done; with "pending" or "interrupted" (and the training
+                   metrics) when the final evaluation did not finish
     status.json    the launcher's record of the last attempt (exit status, wall
                    time, the last lines of its log when it failed)
     train.log      the run's stdout and stderr (local launcher)
 
-A run is finished when results.json records a step >= the config's total_steps:
-results.json is written only after the final checkpoint and evaluation, so a run
-killed before that has none and is resumed by running the same command.
+A run is finished when results.json records a step >= the config's total_steps
+and a final evaluation that is done: a run killed before that is resumed (or
+evaluated again) by running the same command.
 """
 from __future__ import annotations
 
@@ -81,10 +83,12 @@ def steps_reached(workdir: str) -> int | None:
 
 
 def is_finished(workdir: str) -> bool:
-  """Whether results.json records the config's total_steps."""
+  """Whether results.json records the config's total_steps and a final
+  evaluation that is done."""
   results, total = read_results(workdir), total_steps(workdir)
   return (results is not None and total is not None
-          and int(results.get("step", -1)) >= int(total))
+          and int(results.get("step", -1)) >= int(total)
+          and results.get("final_evaluation", "done") == "done")
 
 
 def log_tail(path: str, lines: int = 20, offset: int = 0) -> list[str]:

@@ -403,20 +403,82 @@ def _train(config: ml_collections.ConfigDict, workdir: str, objective) -> dict:
           save(step, params, state)
         if step < config.total_steps and evals.due(step):
           results.update(run_evals(step, params, state))
+      if ckpt.latest_step() != step:
+        save(step, params, state)
+      ckpt.wait()  # Complete before results.json says training is done.
+      signalled = stop.signum  # While saving: stops before evaluating.
 
-    if ckpt.latest_step() != step:
-      save(step, params, state)
+    # The training metrics first: a run stopped during its final evaluation keeps
+    # them. (A run resumed at its last step, to evaluate again, reads its log.)
+    training = {k: float(v) for k, v in (
+        last_metrics or metrics_writer.read_row(workdir, step, "loss")).items()}
+    results.update(step=step, final=dict(training))
+    _write_results(workdir, results, "pending")
     progress.message(f"Final evaluation at step {step}:")
-    results["final"] = run_evals(step, params, state, log=progress.message)
+    try:
+      with _RaiseOnSignal(signalled):
+        results["final"] = run_evals(step, params, state, log=progress.message)
+    except _Stopped as stopped:
+      _write_results(workdir, results, "interrupted")
+      progress.message(
+          f"Stopped by signal {stopped.signum} during the final evaluation at step "
+          f"{step}; the checkpoint of step {step} is saved and results.json holds "
+          "the training metrics. Run the same command to evaluate it again.")
+      return {"interrupted_at": step, "signal": stopped.signum}
   finally:
     ckpt.close()  # Waits for asynchronous saves to finish.
     writer.close()
-  results["final"].update({k: float(v) for k, v in last_metrics.items()})
-  results["step"] = step
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+  results["final"].update(training)
+  _write_results(workdir, results, "done")
   return results
+
+
+def _write_results(workdir: str, results: dict, final_evaluation: str) -> None:
+  """WORKDIR/results.json, whole (a temporary file, then a rename): the final
+  metrics and step, and whether the final evaluation is "done", "pending" (the
+  process died during it) or "interrupted" (stopped by a signal)."""
+  results["final_evaluation"] = final_evaluation
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, "results.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(results, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+class _Stopped(Exception):
+  def __init__(self, signum):
+    super().__init__(f"signal {signum}")
+    self.signum = signum
+
+
+class _RaiseOnSignal:
+  """SIGTERM/SIGINT raise `_Stopped` at once (the final evaluation has nothing to
+  save: its checkpoint is written; a preemption's grace period is short), as does
+  entering with `signalled`, a signal that arrived before."""
+
+  def __init__(self, signalled=None):
+    self._signalled = signalled
+
+  def __enter__(self):
+    if self._signalled:
+      raise _Stopped(self._signalled)
+    self._previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._raise)
+      except ValueError:  # Not the main thread.
+        continue
+    return self
+
+  def _raise(self, signum, frame):
+    del frame
+    self.__exit__()
+    raise _Stopped(signum)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
 
 
 FLAGS = flags.FLAGS
@@ -486,7 +548,8 @@ def main(argv):
       sys.exit(128 + result["signal"])  # The shell's convention: 130 for Ctrl-C.
     if jax.process_index() == 0:
       report.print_pretraining_summary(result, FLAGS.config)
-  except (input_pipeline.DatasetNotPreparedError, ConfigMismatchError,
+  except (input_pipeline.DatasetNotPreparedError, input_pipeline.DataSourceError,
+          ConfigMismatchError,
           NonFiniteLossError, input_pipeline.EmptyCaptionsError,
           checkpoint.CheckpointError, checkpoint.WorkdirError,
           ValueError) as e:
