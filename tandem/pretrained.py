@@ -104,6 +104,10 @@ def load(workdir: str, step: int | None = None, check_model: bool = True,
   config describes (a CheckpointError names the first differences otherwise), so
   a checkpoint is never evaluated with the wrong architecture.
   """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise checkpoint.CheckpointError(
+        f"{workdir!r} is a file; pass the workdir of a run (the directory holding "
+        "config.json and checkpoints/).")
   if not os.path.isdir(workdir):
     raise checkpoint.CheckpointError(
         f"No checkpoints: the workdir {workdir!r} does not exist.")

@@ -2,6 +2,7 @@
 happened and how to fix it, and nothing already saved is lost."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -435,3 +436,115 @@ def test_a_record_file_truncated_mid_run_is_named_and_the_checkpoint_kept(
         "checkpoint.every": 3, "checkpoint.async_save": False}, **NO_EVALS),
         str(workdir))
   assert tandem.load(str(workdir)).step >= 3
+
+
+def _command_line(*overrides):
+  """The training program's flag parsing (in-process) on the runlocal config."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from tandem import config_arg  # pylint: disable=g-import-not-at-top
+  return lambda ctx: config_arg.parse_flags(flags.FlagValues(), [
+      "train", "--config=configs/ssl/barlow_twins.py:runlocal", *overrides])
+
+
+def _train_with(**overrides):
+  return lambda ctx: train.train(bt_config(ctx["data_dir"], **overrides),
+                                 str(ctx["tmp"] / "run"))
+
+
+def _transfer_with(**overrides):
+  def run(ctx):
+    from tandem import config_arg  # pylint: disable=g-import-not-at-top
+    from tandem.transfer import run as transfer  # pylint: disable=g-import-not-at-top
+    config = config_arg.load_config(os.path.join(ROOT, "configs/transfer/vtab.py"))
+    config.data_dir = ctx["data_dir"]
+    config.checkpoint = str(ctx["workdir"])
+    config.update(overrides)
+    return transfer.run(config)
+  return run
+
+
+def _embed(images):
+  return lambda ctx: tandem.load(str(ctx["workdir"])).embed(images)
+
+
+def _cataloged():
+  from tandem.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  cli_error = SystemExit  # The command line exits with one "Error: ..." line.
+  return [
+      ("unknown config key", _command_line("--config.opimizer.lr=0.1"), cli_error,
+       r"^Error: unknown config key 'opimizer.lr' \(no such field under <top>; "
+       r"fields there: .*optimizer"),
+      ("mistyped nested key", _command_line("--config.optimizer.lrr=0.1"), cli_error,
+       r"^Error: unknown config key 'optimizer.lrr' \(no such field under "
+       r"optimizer; fields there: .*lr_per_256"),
+      ("batch_size=abc", _command_line("--config.input.batch_size=abc"), cli_error,
+       r"^Error: IllegalFlagValueError: flag --config.input.batch_size=abc: "
+       r"invalid literal for int\(\)"),
+      ("negative batch_size", _train_with(**{"input.batch_size": -4}), ValueError,
+       r"^config.input.batch_size=-4 must be an integer >= 1 \(images per step"),
+      ("batch not divisible by the devices", _train_with(**{"input.batch_size": 12}),
+       ValueError, r"^config.input.batch_size=12 must be divisible by the 8 batch "
+       r"shards of the mesh\.$"),
+      ("unknown dataset", _train_with(dataset="fashoin_mnist"),
+       input_pipeline.DatasetNotPreparedError,
+       r"^Dataset 'fashoin_mnist' is not prepared in .* \(and TFDS has no builder "
+       r"for it\)\. Prepare it with:\n  python -m tandem.data.prepare --dataset "
+       r"fashoin_mnist --data_dir "),
+      ("unknown model", _train_with(model_name="resnt"), ValueError,
+       r"^Unknown model 'resnt'; available: cnn, resnet, text, vit\.$"),
+      ("unknown objective", _train_with(objective="barlow"), ValueError,
+       r"^Unknown objective 'barlow' \(config.objective\): no module "
+       r"tandem.ssl.barlow\.$"),
+      ("missing data dir", lambda ctx: train.train(
+          bt_config(str(ctx["tmp"] / "no_such_dir")), str(ctx["tmp"] / "run")),
+       input_pipeline.DatasetNotPreparedError,
+       r"^Dataset 'fashion_mnist' is not prepared in .*/no_such_dir \(looked for "
+       r".*\)\. Prepare it with:\n  python -m tandem.data.prepare"),
+      ("tandem.load on a missing dir",
+       lambda ctx: tandem.load(str(ctx["tmp"] / "nothing")), checkpoint.CheckpointError,
+       r"^No checkpoints: the workdir '.*/nothing' does not exist\.$"),
+      ("tandem.load on a non-tandem dir", lambda ctx: tandem.load(str(ctx["tmp"])),
+       checkpoint.CheckpointError, r"^'.*' has no config.json: not a tandem workdir\.$"),
+      ("tandem.load on a file",
+       lambda ctx: tandem.load(str(ctx["workdir"] / "config.json")),
+       checkpoint.CheckpointError, r"^'.*/config.json' is a file; pass the workdir "
+       r"of a run \(the directory holding config.json and checkpoints/\)\.$"),
+      ("embed float images in [0, 255]",
+       _embed(np.full((2, 28, 28, 1), 255.0, np.float32)), ValueError,
+       r"^Float images must lie in \[0, 1\]; these span \[255.0, 255.0\]\. Scale "
+       r"them, or pass uint8 images in \[0, 255\]\.$"),
+      ("embed one image [H, W, C]", _embed(np.zeros((28, 28, 1), np.uint8)),
+       ValueError, r"look like one image \[H, W, C\]; pass a batch \[N, H, W, C\] "
+       r"\(images\[None\] for one image\)"),
+      ("embed rank 2", _embed(np.zeros((2, 28), np.uint8)), ValueError,
+       r"^images must be uint8 in \[0, 255\] or float in \[0, 1\], shaped \[N, H, W, "
+       r"C\] \(or \[N, H, W\]\); got uint8 \(2, 28\)\.$"),
+      ("embed channels first", _embed(np.zeros((2, 3, 28, 28), np.uint8)),
+       ValueError, r"C in 1..4 \(gray, gray\+alpha, RGB, RGBA\), got shape \(2, 3, 28, "
+       r"28\)\. Channels go last: transpose \[N, C, H, W\] arrays with "
+       r"images.transpose\(0, 2, 3, 1\)\.$"),
+      ("embed batch_size 0", lambda ctx: tandem.load(str(ctx["workdir"])).embed(
+          np.zeros((2, 28, 28, 1), np.uint8), batch_size=0), ValueError,
+       r"batch_size"),
+      ("transfer on a missing checkpoint",
+       lambda ctx: _transfer_with(checkpoint=str(ctx["tmp"] / "gone"))(ctx),
+       checkpoint.CheckpointError, r"^No checkpoints: the workdir '.*/gone' does "
+       r"not exist\.$"),
+      ("transfer without a checkpoint", _transfer_with(checkpoint=""), ValueError,
+       r"^Set --config.checkpoint=WORKDIR \(a pretraining workdir\)\.$"),
+      ("unknown task or suite", _transfer_with(tasks="vtab1"), ValueError,
+       r"^Unknown task 'vtab1'\. Suites: \['offline', 'vtab1k'\]; tasks: "),
+      ("unknown evaluator", _transfer_with(evaluators="linear_prob"), ValueError,
+       r"^Unknown evaluators \['linear_prob'\]; available: \[.*'linear_probe'"),
+  ]
+
+
+@pytest.mark.parametrize("case", range(len(_cataloged())),
+                         ids=[c[0] for c in _cataloged()])
+def test_a_catalogue_of_bad_inputs_gets_errors_that_say_how_to_fix_them(
+    six_step_run, tiny_data_dir, tmp_path, case):
+  name, call, error, message = _cataloged()[case]
+  with pytest.raises(error) as raised:
+    call({"data_dir": tiny_data_dir, "workdir": six_step_run, "tmp": tmp_path})
+  text = str(raised.value.code if error is SystemExit else raised.value)
+  assert re.search(message, text), f"{name}: {text}"

@@ -184,6 +184,7 @@ def test_the_launcher_passes_sigterm_on_and_a_dead_process_stops_the_others(
       os.killpg(launcher.pid, signal.SIGKILL)
     for pid in trainers():  # In sessions of their own.
       os.kill(int(pid), signal.SIGKILL)
+  print(f"the survivor stopped {stopped_in:.1f} s after the SIGKILL")
   assert f"Resumed from step {stopped[1]}" in out, out
   assert launcher.returncode != 0
   assert stopped_in < 10 + 30, stopped_in  # The heartbeat timeout, plus reporting.

@@ -111,7 +111,9 @@ def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"Target channels must be 1 or 3, got {channels}.")
   if images.ndim < 3 or images.shape[-1] not in (1, 2, 3, 4):
     raise ValueError(
-        f"Expected (..., H, W, C) images with C in 1..4, got shape {images.shape}.")
+        f"Expected (..., H, W, C) images with C in 1..4 (gray, gray+alpha, RGB, "
+        f"RGBA), got shape {images.shape}. Channels go last: transpose [N, C, H, W] "
+        "arrays with images.transpose(0, 2, 3, 1).")
   have = images.shape[-1]
   if have in (2, 4):  # drop alpha
     images = images[..., :have - 1]
