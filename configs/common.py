@@ -62,8 +62,14 @@ COCO_LIKE = dict(channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.22
                  retrieval=dict(split="val", text_feature="captions/text"))
 
 
-def preset(dataset: str, presets: dict, reference_config: str) -> dict:
-  """`presets[dataset]`, or a ValueError naming the reference config to use."""
+def preset(dataset: str, presets: dict, reference_config: str | None) -> dict:
+  """`presets[dataset]`, or a ValueError naming the reference config to use (None:
+  the objective has no reference recipe here yet)."""
+  if dataset not in presets and reference_config is None:
+    raise ValueError(
+        f"dataset={dataset!r} has no CPU preset in this config (presets: "
+        f"{', '.join(presets)}), and this objective has no reference recipe for "
+        "other datasets yet.")
   if dataset not in presets:
     raise ValueError(
         f"dataset={dataset!r} has no CPU preset in this config (presets: "

@@ -1,7 +1,8 @@
 """Tandem: self-supervised pretraining and transfer in JAX.
 
-`tandem.load(workdir, step=None)` returns a pretrained checkpoint with `.config`,
-`.params`, `.layers` and `.embed(images, layer=..., pooling=...)`; see
+`tandem.load(workdir, step=None, weights=None)` returns a pretrained checkpoint
+with `.config`, `.params`, `.layers` and `.embed(images, layer=..., pooling=...)`
+(`weights`: "student" or "teacher" for objectives with an EMA teacher); see
 tandem/pretrained.py. `tandem.transfer` (evaluators on arrays) and
 `tandem.analysis` (metrics, loaders and plots for notebooks) are imported on
 first use.
@@ -11,9 +12,10 @@ import importlib
 _SUBMODULES = ("analysis", "transfer")
 
 
-def load(workdir: str, step: int | None = None, sharding=None):
+def load(workdir: str, step: int | None = None, sharding=None,
+         weights: str | None = None):
   from tandem import pretrained  # Lazy: keeps `import tandem` cheap.
-  return pretrained.load(workdir, step, sharding=sharding)
+  return pretrained.load(workdir, step, sharding=sharding, weights=weights)
 
 
 def __getattr__(name: str):

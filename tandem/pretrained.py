@@ -95,9 +95,12 @@ class Pretrained:
 
 
 def load(workdir: str, step: int | None = None, check_model: bool = True,
-         sharding=None) -> Pretrained:
+         sharding=None, weights: str | None = None) -> Pretrained:
   """The params of `step` (default: the latest complete one) and the run's config.
 
+  `weights`: "student" (the trained parameters) or "teacher" (the EMA teacher of
+  BYOL, MoCo v3, DINO); default: the one the objective evaluates (its config's
+  `eval_weights`, "student" unless it says otherwise).
   `sharding`: where the arrays go (default: the first local device); a
   `jax.sharding.NamedSharding(mesh, P())` replicates them over a mesh. With
   `check_model`, the restored arrays must have the shapes of the model the
@@ -119,6 +122,8 @@ def load(workdir: str, step: int | None = None, check_model: bool = True,
   params, model_state, step = checkpoint.restore_params(workdir, step, sharding)
   if check_model:
     check_model_matches(config, params, model_state, f"{workdir} step {step}")
+  from tandem.ssl import objectives  # pylint: disable=g-import-not-at-top
+  params, model_state = objectives.weights(config, params, model_state, weights)
   return Pretrained(config=config, params=params, model_state=model_state, step=step,
                     workdir=os.path.abspath(workdir))
 
@@ -134,7 +139,8 @@ def check_model_matches(config, params, model_state, where: str) -> None:
   expected = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs,
                                                train=False))
   expected = dict(expected)
-  found = {"params": params, **(model_state or {})}
+  found = {"params": params, **{k: v for k, v in (model_state or {}).items()
+                                if k != objectives.OBJECTIVE_STATE}}
   shapes = lambda tree: {parallel.path_str(p): tuple(x.shape) for p, x in
                          jax.tree_util.tree_flatten_with_path(tree)[0]}
   want, got = shapes(expected), shapes(found)

@@ -4,7 +4,8 @@ Params live apart from the rest of the state, so that checkpoints, shardings and
 evaluators can treat them on their own. The state is a dict of arrays:
 
   opt_state       the optax state of `tx`
-  model_state     mutable model collections (batch statistics), possibly {}
+  model_state     mutable model collections (batch statistics), possibly {}, and
+                  the objective's own state (an EMA teacher: `tandem.ssl.objectives`)
   step            int32, the number of updates done
   rng             uint32 key data; step `s` draws from `fold_in(rng, s)`, so a resumed
                   run draws what the uninterrupted one would have
@@ -96,7 +97,7 @@ def accumulate(stages, params, model_state, batch, rng, k: int):
 
 def make_step(loss_fn: LossFn, tx, *, lr_schedule: optax.Schedule | None = None,
               trainable: Callable[[Any], Any] | None = None, stages=None,
-              accum_steps: int = 1):
+              accum_steps: int = 1, after_update: Callable | None = None):
   """`step(params, state, batch) -> (params, state, metrics)`: one update.
 
   `tx`: an optax transformation, or a function of the batch returning one (for a
@@ -106,6 +107,8 @@ def make_step(loss_fn: LossFn, tx, *, lr_schedule: optax.Schedule | None = None,
   bit-identical. Metrics: the loss function's, `grad_norm` and, given
   `lr_schedule`, `lr`. `accum_steps` > 1: the gradient of the whole batch from that
   many micro-batches (`accumulate`, with the objective's `stages`).
+  `after_update(params, model_state, step) -> model_state`: run on the updated
+  params (an objective's EMA teacher: `tandem.ssl.objectives`).
   """
   if accum_steps > 1 and (stages is None or trainable is not None):
     raise ValueError("Gradient accumulation needs the objective's stages "
@@ -134,6 +137,8 @@ def make_step(loss_fn: LossFn, tx, *, lr_schedule: optax.Schedule | None = None,
       params = optax.apply_updates(params, updates)
     else:
       params = jax.tree.map(lambda p, u, t: p + u if t else p, params, updates, mask)
+    if after_update is not None:
+      model_state = after_update(params, model_state, count)
     metrics = {"loss": value, **metrics, "grad_norm": optax.tree.norm(grads)}
     if lr_schedule is not None:
       metrics["lr"] = lr_schedule(count)

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 
 from tandem import parallel
+from tandem.ssl import objectives
 
 
 @pytest.mark.parametrize("objective,model,overrides", [
     ("barlow_twins", "cnn", {}), ("barlow_twins", "resnet18", {}),
-    ("barlow_twins", "cnn", {"mixup_loss_scale": 4.0}), ("simclr", "cnn", {})],
+    ("barlow_twins", "cnn", {"mixup_loss_scale": 4.0}), ("simclr", "cnn", {}),
+    ("byol", "cnn", {})],
     ids=["barlow_twins-cnn", "barlow_twins-resnet18", "mixed_barlow_twins-cnn",
-         "simclr-cnn"])
+         "simclr-cnn", "byol-cnn"])
 def test_sharded_loss_grads_and_batch_stats_equal_single_device(objective, model,
                                                                 overrides):
   """On 8 fake devices the global-batch loss equals the single-device one: the
@@ -29,6 +31,8 @@ def test_sharded_loss_grads_and_batch_stats_equal_single_device(objective, model
   images = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), np.uint8)
   variables = jax.jit(model_def.init)(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
   params = variables.pop("params")
+  variables = objectives.get_objective(objective).init_state(  # An EMA teacher.
+      params, dict(variables), config)
   rng = jax.random.key(3)
 
   def run(mesh):

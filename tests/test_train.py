@@ -35,7 +35,8 @@ SSL_CONFIGS = [p for p in SSL_CONFIGS if not p.endswith(
 # ResNet's sharded gradients and batch statistics are checked in
 # tests/test_sharded_objectives.py.
 MODELS_OF = {"barlow_twins.py": ("cnn", "resnet18", "vit_tiny"), "mae.py": (),
-             "simclr.py": ("cnn",), "clip.py": ("cnn",), "siglip.py": ("cnn",)}
+             "simclr.py": ("cnn",), "clip.py": ("cnn",), "siglip.py": ("cnn",),
+             "byol.py": ("cnn",)}
 CONFIG_MODELS = [(path, model) for path in SSL_CONFIGS
                  for model in MODELS_OF.get(os.path.basename(path),
                                             ("cnn", "vit_tiny"))]

@@ -139,16 +139,19 @@ def check_config_matches_workdir(config, workdir: str) -> None:
         "anyway.")
 
 
-def make_init_fn(model, tx, config, init_inputs=None):
+def make_init_fn(model, tx, config, init_inputs=None, init_state=None):
   """`init(rng) -> (params, state)`: fresh params and the train state around them
   (`tandem.train_state`). `init_inputs`: example inputs for `model.init` (default
-  `objectives.default_init_inputs`)."""
+  `objectives.default_init_inputs`); `init_state(params, model_state, config)`:
+  the objective's own state added to the model state (an EMA teacher)."""
   if init_inputs is None:
     init_inputs = objectives.default_init_inputs(config)
 
   def init(rng):
     variables = dict(model.init(rng, *init_inputs, train=False))
     params = variables.pop("params")
+    if init_state is not None:
+      variables = init_state(params, variables, config)
     return params, train_state.create(params, tx, variables, config.seed + 1)
 
   return init
@@ -267,7 +270,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, objective) -> dict:
   if bounds:
     tx = optax.chain(tx, optimizers.clamp_params(bounds))
   init_inputs = objective.init_inputs(config)
-  init = make_init_fn(model, tx, config, init_inputs)
+  init = make_init_fn(model, tx, config, init_inputs, objective.init_state)
 
   # --- Sharding -----------------------------------------------------------------
   # Parameters are drawn with the "rbg" generator: with threefry, XLA:CPU needs
@@ -296,7 +299,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, objective) -> dict:
   train_step = train_state.jit_step(
       train_state.make_step(
           loss_fn, tx, lr_schedule=lr_schedule, accum_steps=accum,
-          stages=objective.make_stages(model, config) if accum > 1 else None),
+          stages=objective.make_stages(model, config) if accum > 1 else None,
+          after_update=objective.make_after_update(config)),
       mesh, params_sharding, state_sharding, batch_sharding)
 
   # --- Checkpoint -----------------------------------------------------------------
@@ -331,6 +335,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, objective) -> dict:
         f"{config.input.batch_size // accum}; the loss and its gradient are those "
         "of the whole batch, but batch-norm statistics are per micro-batch.")
 
+  def evaluated(params, state):  # The student's, or the EMA teacher's (DINO).
+    params, model_state = objectives.weights(config, params, state["model_state"])
+    return {"params": params, **model_state}
+
   def log_evals(step, metrics, images, seconds):
     writer.write(step, metrics)
     for name, image in images.items():
@@ -342,12 +350,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, objective) -> dict:
   def run_evals(step, params, state, log=None):
     t0 = time.time()
     metrics, images = evals.run(evals.due(step), step,
-                                {"params": params, **state["model_state"]}, log=log)
+                                evaluated(params, state), log=log)
     log_evals(step, metrics, images, time.time() - t0)
     return metrics
 
   t0 = time.time()
-  baselines, computed = evals.baselines({"params": params, **state["model_state"]},
+  baselines, computed = evals.baselines(evaluated(params, state),
                                         workdir, compute=first_step == 0)
   if computed:
     log_evals(0, {k: v for m in baselines.values() for k, v in m.items()}, {},

@@ -1,0 +1,101 @@
+"""The EMA teacher (tandem/ssl/ema.py) and the objectives built on it: losses
+against NumPy, the momentum schedule and update, resume == uninterrupted with the
+teacher, and student or teacher weights from `tandem.load`."""
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tandem
+from tandem.ssl import byol
+from tandem.ssl import ema
+from tandem.ssl import objectives
+from tandem.ssl import train
+
+from conftest import NO_EVALS, ROOT, load_config, sigterm_when_logged
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def numpy_byol(p1, p2, t1, t2):
+  """Grill et al. 2020, Eq. 2, symmetrised: ‖q̄ − z̄'‖² with the targets crossed."""
+  term = lambda p, t: np.mean(np.sum((_unit(p) - _unit(t)) ** 2, axis=1))
+  return term(p1, t2) + term(p2, t1)
+
+
+def test_byol_loss_and_gradient_match_numpy():
+  p1, p2, t1, t2 = np.random.default_rng(0).normal(size=(4, 6, 5))
+  loss, metrics = byol.byol_loss(*map(jnp.asarray, (p1, p2, t1, t2)))
+  np.testing.assert_allclose(loss, numpy_byol(p1, p2, t1, t2), rtol=1e-5)
+  np.testing.assert_allclose(metrics["cosine"], 1 - numpy_byol(p1, p2, t1, t2) / 4,
+                             rtol=1e-5)
+  with jax.enable_x64():
+    g = jax.grad(lambda a: byol.byol_loss(a, *map(jnp.asarray, (p2, t1, t2)))[0])(
+        jnp.asarray(p1, jnp.float64))
+  h, num = 1e-6, np.zeros_like(p1)
+  for idx in np.ndindex(p1.shape):
+    plus, minus = p1.copy(), p1.copy()
+    plus[idx] += h
+    minus[idx] -= h
+    num[idx] = (numpy_byol(plus, p2, t1, t2) - numpy_byol(minus, p2, t1, t2)) / (2 * h)
+  np.testing.assert_allclose(g, num, atol=1e-6)
+
+
+def test_momentum_schedule_and_update_are_the_papers():
+  # BYOL §3.2: tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2.
+  for k, expected in ((0, 0.996), (50, 0.998), (100, 1.0), (25, None)):
+    m = float(ema.momentum(k, 100, 0.996))
+    if expected is None:
+      expected = 1 - 0.004 * (np.cos(np.pi * 0.25) + 1) / 2
+    np.testing.assert_allclose(m, expected, rtol=1e-6)
+  params = {"encoder": {"w": jnp.full((3,), 2.0)}, "predictor": {"w": jnp.ones(2)}}
+  state = ema.init_state(params, {"batch_stats": {"encoder": {"m": jnp.ones(3)}}},
+                         exclude=("predictor",))
+  teacher = ema.get_teacher(state)
+  assert sorted(teacher["params"]) == ["encoder"]  # No predictor in the teacher.
+  new = {"encoder": {"w": jnp.full((3,), 4.0)}, "predictor": {"w": jnp.zeros(2)}}
+  moved = ema.make_after_update(100, 0.9)(new, state, 0)
+  np.testing.assert_allclose(ema.get_teacher(moved)["params"]["encoder"]["w"],
+                             0.9 * 2.0 + 0.1 * 4.0, rtol=1e-6)
+  assert ema.get_teacher(moved)["batch_stats"] is teacher["batch_stats"]
+
+
+EMA_OBJECTIVES = ["byol"]
+
+
+@pytest.mark.parametrize("objective", EMA_OBJECTIVES)
+def test_resume_with_the_teacher_equals_uninterrupted_and_both_weights_load(
+    objective, tiny_data_dir, tmp_path, monkeypatch):
+  def config():
+    c = load_config(os.path.join(ROOT, f"configs/ssl/{objective}.py"), "runlocal")
+    c.update(data_dir=tiny_data_dir, total_steps=6, **NO_EVALS)
+    c.checkpoint.every = 4
+    return c
+
+  full, split = tmp_path / "full", tmp_path / "split"
+  train.train(config(), str(full))
+  stop = sigterm_when_logged(monkeypatch, 3)
+  assert train.train(config(), str(split)) == {"interrupted_at": 3,
+                                               "signal": signal.SIGTERM}
+  stop()
+  assert train.train(config(), str(split))["step"] == 6
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  for weights in ("student", "teacher"):
+    a, b = (tandem.load(str(w), weights=weights) for w in (split, full))
+    jax.tree.map(close, jax.device_get(a.params), jax.device_get(b.params))
+    jax.tree.map(close, jax.device_get(a.model_state), jax.device_get(b.model_state))
+  student = tandem.load(str(full), weights="student")
+  teacher = tandem.load(str(full), weights="teacher")
+  own = student.model_state[objectives.OBJECTIVE_STATE][objectives.TEACHER]
+  jax.tree.map(close, jax.device_get(teacher.params), jax.device_get(own["params"]))
+  # The teacher moved from its initial copy, and lags the student.
+  gap = jax.tree.map(lambda t, s: float(jnp.abs(t - s).max()), teacher.params,
+                     {k: student.params[k] for k in teacher.params})
+  assert 0 < max(jax.tree.leaves(gap))
+  images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), np.uint8)
+  assert not np.allclose(student.embed(images), teacher.embed(images))
