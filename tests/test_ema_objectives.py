@@ -12,6 +12,7 @@ import pytest
 import tandem
 from tandem.ssl import byol
 from tandem.ssl import ema
+from tandem.ssl import moco_v3
 from tandem.ssl import objectives
 from tandem.ssl import train
 
@@ -46,6 +47,34 @@ def test_byol_loss_and_gradient_match_numpy():
   np.testing.assert_allclose(g, num, atol=1e-6)
 
 
+def numpy_moco_v3(q1, q2, k1, k2, tau):
+  """The authors' moco/builder.py contrastive_loss, symmetrised, on one device."""
+  def ctr(q, k):
+    logits = _unit(q) @ _unit(k).T / tau
+    logits = logits - logits.max(axis=1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return -np.mean(np.diag(log_probs)) * 2 * tau
+  return ctr(q1, k2) + ctr(q2, k1)
+
+
+def test_moco_v3_loss_and_gradient_match_numpy():
+  q1, q2, k1, k2 = np.random.default_rng(1).normal(size=(4, 6, 5))
+  for tau in (0.2, 1.0):
+    loss, _ = moco_v3.moco_v3_loss(*map(jnp.asarray, (q1, q2, k1, k2)), tau)
+    np.testing.assert_allclose(loss, numpy_moco_v3(q1, q2, k1, k2, tau), rtol=1e-5)
+  with jax.enable_x64():
+    g = jax.grad(lambda a: moco_v3.moco_v3_loss(
+        a, *map(jnp.asarray, (q2, k1, k2)), 0.2)[0])(jnp.asarray(q1, jnp.float64))
+  h, num = 1e-6, np.zeros_like(q1)
+  for idx in np.ndindex(q1.shape):
+    plus, minus = q1.copy(), q1.copy()
+    plus[idx] += h
+    minus[idx] -= h
+    num[idx] = (numpy_moco_v3(plus, q2, k1, k2, 0.2)
+                - numpy_moco_v3(minus, q2, k1, k2, 0.2)) / (2 * h)
+  np.testing.assert_allclose(g, num, atol=1e-6)
+
+
 def test_momentum_schedule_and_update_are_the_papers():
   # BYOL §3.2: tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2.
   for k, expected in ((0, 0.996), (50, 0.998), (100, 1.0), (25, None)):
@@ -65,7 +94,7 @@ def test_momentum_schedule_and_update_are_the_papers():
   assert ema.get_teacher(moved)["batch_stats"] is teacher["batch_stats"]
 
 
-EMA_OBJECTIVES = ["byol"]
+EMA_OBJECTIVES = ["byol", "moco_v3"]
 
 
 @pytest.mark.parametrize("objective", EMA_OBJECTIVES)
