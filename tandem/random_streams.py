@@ -16,6 +16,8 @@ import jax
 NAMES = (
     "augment/view1", "augment/view2",  # Two-view objectives (tandem/data/augment.py).
     "augment/view",  # One-view objectives: MAE, CLIP/SigLIP.
+    # Multi-crop's local views (DINO; tandem.data.augment.local_views), up to 16.
+    *(f"augment/local{i}" for i in range(16)),
     "mixup/permutation", "mixup/alpha",  # Mixed Barlow Twins.
     "mae/mask",
 )

@@ -11,6 +11,7 @@ import pytest
 
 import tandem
 from tandem.ssl import byol
+from tandem.ssl import dino
 from tandem.ssl import ema
 from tandem.ssl import moco_v3
 from tandem.ssl import objectives
@@ -75,6 +76,41 @@ def test_moco_v3_loss_and_gradient_match_numpy():
   np.testing.assert_allclose(g, num, atol=1e-6)
 
 
+def numpy_dino(student, teacher, center, tau_s, tau_t):
+  """The authors' main_dino.py DINOLoss.forward, on one device (without the centre
+  update): teacher softmax of centred outputs, cross-entropy against every other
+  crop's student log-softmax, averaged over the pairs."""
+  softmax = lambda x: np.exp(x - x.max(1, keepdims=True)) / np.exp(
+      x - x.max(1, keepdims=True)).sum(1, keepdims=True)
+  total, n = 0.0, 0
+  for iq, t in enumerate(teacher):
+    q = softmax((t - center) / tau_t)
+    for v, s in enumerate(student):
+      if v == iq:
+        continue
+      log_p = np.log(softmax(s / tau_s))
+      total += np.mean(np.sum(-q * log_p, axis=-1))
+      n += 1
+  return total / n
+
+
+def test_dino_loss_centre_and_temperature_match_numpy():
+  rng = np.random.default_rng(2)
+  student = list(rng.normal(size=(4, 6, 8)))  # 2 global crops, 2 local.
+  teacher = list(rng.normal(size=(2, 6, 8)))
+  center = rng.normal(size=8) * 0.1
+  loss, _, batch_center = dino.dino_loss(
+      [jnp.asarray(s) for s in student], [jnp.asarray(t) for t in teacher],
+      jnp.asarray(center), 0.1, 0.04)
+  np.testing.assert_allclose(loss, numpy_dino(student, teacher, center, 0.1, 0.04),
+                             rtol=1e-5)
+  np.testing.assert_allclose(batch_center, np.concatenate(teacher).mean(0),
+                             rtol=1e-5, atol=1e-7)
+  config = load_config(os.path.join(ROOT, "configs/ssl/dino.py"))
+  temps = [float(dino.teacher_temperature(k, config)) for k in (0, 250, 500, 1000)]
+  np.testing.assert_allclose(temps, [0.04, 0.055, 0.07, 0.07], rtol=1e-6)
+
+
 def test_momentum_schedule_and_update_are_the_papers():
   # BYOL §3.2: tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2.
   for k, expected in ((0, 0.996), (50, 0.998), (100, 1.0), (25, None)):
@@ -94,7 +130,7 @@ def test_momentum_schedule_and_update_are_the_papers():
   assert ema.get_teacher(moved)["batch_stats"] is teacher["batch_stats"]
 
 
-EMA_OBJECTIVES = ["byol", "moco_v3"]
+EMA_OBJECTIVES = ["byol", "moco_v3", "dino"]
 
 
 @pytest.mark.parametrize("objective", EMA_OBJECTIVES)
@@ -128,3 +164,7 @@ def test_resume_with_the_teacher_equals_uninterrupted_and_both_weights_load(
   assert 0 < max(jax.tree.leaves(gap))
   images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), np.uint8)
   assert not np.allclose(student.embed(images), teacher.embed(images))
+  if objective == "dino":  # The centre moved, and the step counter is the run's.
+    own = student.model_state[objectives.OBJECTIVE_STATE]
+    assert int(own["step"]) == 6 and float(jnp.abs(own["center"]).max()) > 0
+    assert tandem.load(str(full)).params is not None  # Default: the teacher.

@@ -47,7 +47,8 @@ PUBLISHED = {
     # The CPU presets are this project's recipes (docs/PROTOCOLS.md, "CPU presets"),
     # measured in README: AdamW 1e-3 per 256 (MAE 1.5e-3 per 256).
     **{(name, small): (1e-3 * 256 / 256, None, "CPU preset, batch 256")
-       for name in ("barlow_twins", "simclr", "byol", "vicreg", "moco_v3")
+       for name in ("barlow_twins", "simclr", "byol", "vicreg", "moco_v3",
+                    "dino")
        for small in SMALL},
     **{("mae", small): (1.5e-3 * 256 / 256, None, "CPU preset, batch 256")
        for small in SMALL},

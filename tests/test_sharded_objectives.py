@@ -13,9 +13,10 @@ from tandem.ssl import objectives
 @pytest.mark.parametrize("objective,model,overrides", [
     ("barlow_twins", "cnn", {}), ("barlow_twins", "resnet18", {}),
     ("barlow_twins", "cnn", {"mixup_loss_scale": 4.0}), ("simclr", "cnn", {}),
-    ("byol", "cnn", {}), ("vicreg", "cnn", {}), ("moco_v3", "cnn", {})],
+    ("byol", "cnn", {}), ("vicreg", "cnn", {}), ("moco_v3", "cnn", {}),
+    ("dino", "cnn", {})],
     ids=["barlow_twins-cnn", "barlow_twins-resnet18", "mixed_barlow_twins-cnn",
-         "simclr-cnn", "byol-cnn", "vicreg-cnn", "moco_v3-cnn"])
+         "simclr-cnn", "byol-cnn", "vicreg-cnn", "moco_v3-cnn", "dino-cnn"])
 def test_sharded_loss_grads_and_batch_stats_equal_single_device(objective, model,
                                                                 overrides):
   """On 8 fake devices the global-batch loss equals the single-device one: the

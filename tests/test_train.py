@@ -36,7 +36,8 @@ SSL_CONFIGS = [p for p in SSL_CONFIGS if not p.endswith(
 # tests/test_sharded_objectives.py.
 MODELS_OF = {"barlow_twins.py": ("cnn", "resnet18", "vit_tiny"), "mae.py": (),
              "simclr.py": ("cnn",), "clip.py": ("cnn",), "siglip.py": ("cnn",),
-             "byol.py": ("cnn",), "vicreg.py": ("cnn",), "moco_v3.py": ("vit_tiny",)}
+             "byol.py": ("cnn",), "vicreg.py": ("cnn",), "moco_v3.py": ("vit_tiny",),
+             "dino.py": ("cnn",)}
 CONFIG_MODELS = [(path, model) for path in SSL_CONFIGS
                  for model in MODELS_OF.get(os.path.basename(path),
                                             ("cnn", "vit_tiny"))]

@@ -77,8 +77,26 @@ def two_views(rng: jax.Array, images_uint8: jax.Array,
                        aug_cfg["view2"]))
 
 
+def local_views(rng: jax.Array, images_uint8: jax.Array,
+                aug_cfg: Mapping[str, Any]) -> list[jax.Array]:
+  """Multi-crop's small views (Caron et al. 2020, SwAV §3.2; DINO): `num_local`
+  crops of `aug_cfg["local"]` (a view whose `output_size` is smaller than the
+  images, e.g. crop scale (0.05, 0.4) at 96 of 224 pixels), each from its own
+  stream; [] when `num_local` is 0 or absent."""
+  num_local = int(aug_cfg.get("num_local", 0))
+  if num_local > 16:
+    raise ValueError(f"num_local={num_local}: at most 16 local crops (each needs a "
+                     "random stream of its own in tandem.random_streams).")
+  images = images_uint8.astype(jnp.float32) / 255.0
+  return [augment_view(random_streams.stream(rng, f"augment/local{i}"), images,
+                       aug_cfg["local"])
+          for i in range(num_local)]
+
+
 def augment_view(rng: jax.Array, images: jax.Array, cfg: Mapping[str, Any]) -> jax.Array:
-  """Augments float32 [B, H, W, C] images in [0, 1]; one independent draw per example."""
+  """Augments float32 [B, H, W, C] images in [0, 1]; one independent draw per example.
+  With `output_size` > 0 in `cfg` the crop is resized to that many pixels square
+  (multi-crop's local views) instead of the input's size."""
   p = _read_config(cfg)
 
   def one(key, img):
@@ -101,6 +119,7 @@ def _read_config(cfg: Mapping[str, Any]) -> dict:
              "solarize_threshold")
   p = {k: tuple(float(v) for v in cfg[k]) for k in pairs}
   p.update({k: float(cfg[k]) for k in scalars})
+  p["output_size"] = int(cfg.get("output_size", 0))  # 0: the input's size.
   return p
 
 
@@ -131,9 +150,12 @@ def _maybe(u, prob: float, new, old):
 
 def _augment_chw(u: dict, img: jax.Array, p: dict) -> jax.Array:
   """The whole pipeline on one channel-first [C, H, W] image, given its draws ``u``."""
-  c, h, w = img.shape
-  top, left, crop_h, crop_w = _sample_crop(u, h, w, p["crop_scale"], p["crop_ratio"])
-  rows, cols = _crop_matrix(top, crop_h, h), _crop_matrix(left, crop_w, w)
+  c, in_h, in_w = img.shape
+  top, left, crop_h, crop_w = _sample_crop(u, in_h, in_w, p["crop_scale"],
+                                           p["crop_ratio"])
+  h = w = p["output_size"] or None
+  h, w = h or in_h, w or in_w
+  rows, cols = _crop_matrix(top, crop_h, h, in_h), _crop_matrix(left, crop_w, w, in_w)
   if p["flip_prob"] > 0:
     cols = _maybe(u["flip"], p["flip_prob"], cols[::-1], cols)
   img = _resample(img, rows, cols)
@@ -189,9 +211,11 @@ def _sample_crop(u, h, w, scale, ratio):
   return top, left, crop_h, crop_w
 
 
-def _crop_matrix(start, size, out_size: int):
+def _crop_matrix(start, size, out_size: int, in_size: int | None = None):
   """[out, in] bilinear weights resizing pixels [start, start+size) to out_size pixels,
-  half-pixel centres, clamped to the crop (align_corners=False)."""
+  half-pixel centres, clamped to the crop (align_corners=False). `in_size` defaults
+  to `out_size`; a crop resized to fewer pixels than it holds is not antialiased
+  (torchvision's tensor resize is not either, without `antialias`)."""
   pos = (jnp.arange(out_size) + 0.5) * (size / out_size) - 0.5
   pos = jnp.clip(pos, 0.0, size - 1.0)
   lo = jnp.floor(pos)
@@ -199,7 +223,7 @@ def _crop_matrix(start, size, out_size: int):
   lo = lo.astype(jnp.int32)
   hi = jnp.minimum(lo + 1, size - 1)
   out = jnp.arange(out_size)
-  return (jnp.zeros((out_size, out_size))
+  return (jnp.zeros((out_size, in_size or out_size))
           .at[out, start + lo].add(1.0 - frac).at[out, start + hi].add(frac))
 
 
