@@ -214,6 +214,10 @@ def base(objective: str, dataset: str, data: dict, *, train_split: str) -> \
   # step is a multiple of it (a trajectory for notebooks; tandem.analysis.steps).
   config.checkpoint = dict(every=500, keep=2, keep_every=0, async_save=True)
   config.allow_config_change = False  # Resume even if the workdir's config differs.
+  # Matryoshka representations (Kusupati et al. 2022): the loss also on these nested
+  # prefixes of pre_logits, e.g. (8, 16, 32, 64, 128, 256), and the linear probe on
+  # each (barlow_twins, simclr and vicreg; tandem/ssl/siamese.py). () = off.
+  config.matryoshka_dims = ()
   return config
 
 

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 from tandem import random_streams
 from tandem.ssl import siamese
 
+MATRYOSHKA = True  # Supports config.matryoshka_dims (siamese.with_matryoshka).
+
 
 def _standardize(z, eps):
   mean = z.mean(axis=0)
@@ -92,8 +94,11 @@ def make_loss_fn(model: siamese.Model, config):
 
   def loss_fn(params, model_state, batch, rng):
     views = siamese.augmented_views(rng, batch["image"], config)
-    (z1, z2), state = siamese.encode(model, params, model_state, views)
-    loss, metrics = barlow_twins_loss(z1, z2, lambd=bt.lambd)
+    (z1, z2), (n1, n2), state = siamese.encode(model, params, model_state, views,
+                                               nested=True)
+    loss, metrics = siamese.with_matryoshka(
+        lambda a, b: barlow_twins_loss(a, b, lambd=bt.lambd), z1, z2, n1, n2,
+        model.matryoshka_dims)
     if mixup_scale:
       perm, alpha = mixing(rng, z1.shape[0], bt.mixup_beta)
       mixed = alpha * views[0] + (1.0 - alpha) * views[1][perm]

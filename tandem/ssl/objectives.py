@@ -85,6 +85,7 @@ class Objective:
   make_stages: Callable[[Any, Any], tuple] | None = None
   init_state: Callable[[Any, Any, Any], Any] = no_init_state
   make_after_update: Callable[[Any], Callable | None] = no_after_update
+  matryoshka: bool = False  # Takes config.matryoshka_dims (nested prefixes).
 
 
 def get_objective(name: str) -> Objective:
@@ -105,4 +106,5 @@ def get_objective(name: str) -> Objective:
       param_bounds=getattr(module, "param_bounds", no_param_bounds),
       make_stages=getattr(module, "make_stages", None),
       init_state=getattr(module, "init_state", no_init_state),
-      make_after_update=getattr(module, "make_after_update", no_after_update))
+      make_after_update=getattr(module, "make_after_update", no_after_update),
+      matryoshka=getattr(module, "MATRYOSHKA", False))

@@ -35,16 +35,24 @@ class Model(nn.Module):
   projector_norm: str = "batch"
   projector_last_bn: bool = False  # MoCo v3: a BatchNorm without affine at the end.
   predictor_dims: Sequence[int] = ()
+  matryoshka_dims: Sequence[int] = ()  # Nested prefixes of pre_logits (see below).
 
   @nn.compact
   def __call__(self, images, train: bool = False, predict: bool = True):
     out = models.get_model(self.encoder_name, **self.encoder, dtype=self.dtype,
                            name="encoder")(images, train=train)
-    z = heads.Projector(hidden_dims=tuple(self.projector_dims[:-1]),
-                        out_dim=self.projector_dims[-1], norm=self.projector_norm,
-                        last_bn=self.projector_last_bn, dtype=self.dtype,
-                        name="projector")(out["pre_logits"], train=train)
+    projector = heads.Projector(hidden_dims=tuple(self.projector_dims[:-1]),
+                                out_dim=self.projector_dims[-1],
+                                norm=self.projector_norm,
+                                last_bn=self.projector_last_bn, dtype=self.dtype,
+                                name="projector")
+    features = out["pre_logits"]
+    z = projector(features, train=train)
     out = {**out, "z": z.astype(jnp.float32)}  # The losses are float32.
+    if self.matryoshka_dims:  # The same projector on each prefix, the rest zeroed.
+      keep = lambda m: (jnp.arange(features.shape[-1]) < m).astype(features.dtype)
+      out["z_nested"] = tuple(projector(features * keep(m), train=train).astype(
+          jnp.float32) for m in self.matryoshka_dims)
     if self.predictor_dims and predict:
       p = heads.Projector(hidden_dims=tuple(self.predictor_dims[:-1]),
                           out_dim=self.predictor_dims[-1], dtype=self.dtype,
@@ -55,12 +63,16 @@ class Model(nn.Module):
 
 def make_model(config, projector_dims: Sequence[int], predictor_dims=(),
                projector_last_bn: bool = False) -> Model:
+  dims = tuple(config.get("matryoshka_dims", ()) or ())
+  if dims and (list(dims) != sorted(set(dims)) or dims[0] < 1):
+    raise ValueError(f"config.matryoshka_dims={dims} must be increasing positive "
+                     "prefix sizes of pre_logits, e.g. (8, 16, 32, 64).")
   return Model(encoder_name=config.model_name, encoder=config.model.to_dict(),
                projector_dims=tuple(projector_dims),
                dtype=models.compute_dtype(config),
                projector_norm=config[config.objective].get("projector_norm", "batch"),
                projector_last_bn=projector_last_bn,
-               predictor_dims=tuple(predictor_dims))
+               predictor_dims=tuple(predictor_dims), matryoshka_dims=dims)
 
 
 def augmented_views(rng, images_uint8, config) -> tuple:
@@ -69,20 +81,42 @@ def augmented_views(rng, images_uint8, config) -> tuple:
                for view in augment.two_views(rng, images_uint8, config.aug))
 
 
-def encode(model: Model, params, model_state, views):
-  """Projections of each view, one forward pass each; returns (zs, new_model_state)."""
-  state, zs = model_state, []
+def encode(model: Model, params, model_state, views, nested: bool = False):
+  """Projections of each view, one forward pass each; returns (zs, new_model_state),
+  or with `nested` (zs, each view's Matryoshka projections, new_model_state)."""
+  state, zs, nests = model_state, [], []
   for view in views:
     out, state = model.apply({"params": params, **state}, view, train=True,
                              mutable=["batch_stats"])
     zs.append(out["z"])
-  return tuple(zs), state
+    nests.append(out.get("z_nested", ()))
+  return (tuple(zs), tuple(nests), state) if nested else (tuple(zs), state)
 
 
-def embed_two_views(model: Model, params, model_state, images_uint8, rng, config):
-  """Returns ((z1, z2), new_model_state) for two augmented views of the batch."""
+def embed_two_views(model: Model, params, model_state, images_uint8, rng, config,
+                    nested: bool = False):
+  """Returns ((z1, z2), new_model_state) for two augmented views of the batch (with
+  `nested`, the views' Matryoshka projections before the state: `encode`)."""
   return encode(model, params, model_state,
-                augmented_views(rng, images_uint8, config))
+                augmented_views(rng, images_uint8, config), nested)
+
+
+def with_matryoshka(loss, z1, z2, nested1, nested2, dims):
+  """Matryoshka representation learning (Kusupati et al. 2022) on a two-view loss:
+  `loss(z1, z2) -> (loss, metrics)` of the full projections plus the same loss on
+  the projections of each nested prefix of pre_logits (the first m dimensions, the
+  rest zeroed: MRL-E's shared weights), with weight 1 each (the paper's c_m = 1).
+  Each prefix then carries the objective on its own, so a linear probe on it works
+  (the probe's `prefixes`). Metrics: the full loss's, and `loss_dim{m}` per prefix."""
+  total, metrics = loss(z1, z2)
+  metrics = dict(metrics)
+  if dims:
+    metrics["loss_full"] = total
+  for m, a, b in zip(dims, nested1, nested2):
+    value, _ = loss(a, b)
+    metrics[f"loss_dim{m}"] = value
+    total = total + value
+  return total, metrics
 
 
 def make_stages(model: Model, config, head):
@@ -90,6 +124,8 @@ def make_stages(model: Model, config, head):
   accumulation (`train_state.make_step`): both views of the whole batch drawn by
   `prepare`, each micro-batch embedded by `embed`, `head(params, {"z1", "z2"}, rng)`
   the loss on the whole batch."""
+  if config.get("matryoshka_dims", ()):
+    raise ValueError("grad_accum_steps > 1 does not support matryoshka_dims yet.")
 
   def prepare(batch, rng):
     view1, view2 = augmented_views(rng, batch["image"], config)

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 
 from tandem.ssl import siamese
 
+MATRYOSHKA = True  # Supports config.matryoshka_dims (siamese.with_matryoshka).
+
 
 def nt_xent_loss(z1, z2, temperature: float):
   """Returns (loss, metrics) for projections z1, z2 of shape [N, D]."""
@@ -42,9 +44,11 @@ def make_loss_fn(model: siamese.Model, config):
     raise ValueError(f"config.simclr.temperature must be > 0, got {temperature}.")
 
   def loss_fn(params, model_state, batch, rng):
-    (z1, z2), state = siamese.embed_two_views(model, params, model_state,
-                                              batch["image"], rng, config)
-    loss, metrics = nt_xent_loss(z1, z2, temperature)
+    (z1, z2), (n1, n2), state = siamese.embed_two_views(
+        model, params, model_state, batch["image"], rng, config, nested=True)
+    loss, metrics = siamese.with_matryoshka(
+        lambda a, b: nt_xent_loss(a, b, temperature), z1, z2, n1, n2,
+        model.matryoshka_dims)
     return loss, ({"loss": loss, **metrics}, state)
 
   return loss_fn

@@ -223,6 +223,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   objective = objectives.get_objective(config.objective)  # Unknown names first.
   check_run_config(config)
+  if config.get("matryoshka_dims", ()) and not objective.matryoshka:
+    raise ValueError(f"config.matryoshka_dims: {config.objective} does not support "
+                     "Matryoshka prefixes (barlow_twins, simclr and vicreg do).")
   checkpoint.check_writable(workdir)
   with checkpoint.WorkdirLock(workdir, jax.process_index()):
     try:

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 
 from tandem.ssl import siamese
 
+MATRYOSHKA = True  # Supports config.matryoshka_dims (siamese.with_matryoshka).
+
 
 def _variance_term(z, gamma, eps):
   std = jnp.sqrt(jnp.var(z, axis=0, ddof=1) + eps)
@@ -56,9 +58,10 @@ def make_loss_fn(model: siamese.Model, config):
   """`loss_fn(params, model_state, batch, rng) -> (loss, (metrics, model_state))`."""
 
   def loss_fn(params, model_state, batch, rng):
-    (z1, z2), state = siamese.embed_two_views(model, params, model_state,
-                                              batch["image"], rng, config)
-    loss, metrics = _loss(config, z1, z2)
+    (z1, z2), (n1, n2), state = siamese.embed_two_views(
+        model, params, model_state, batch["image"], rng, config, nested=True)
+    loss, metrics = siamese.with_matryoshka(
+        lambda a, b: _loss(config, a, b), z1, z2, n1, n2, model.matryoshka_dims)
     return loss, ({"loss": loss, **metrics}, state)
 
   return loss_fn

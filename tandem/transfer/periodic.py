@@ -91,7 +91,10 @@ class PeriodicEvals:
             if block.get("every", 0) and step % block.every == 0]
 
   def _settings(self, name: str, **changes) -> dict:
-    return {"seed": self.config.seed, **self.blocks[name].to_dict(), **changes}
+    settings = {"seed": self.config.seed, **self.blocks[name].to_dict(), **changes}
+    if name == "linear_probe" and "prefixes" not in settings:  # Matryoshka runs.
+      settings["prefixes"] = tuple(self.config.get("matryoshka_dims", ()) or ())
+    return settings
 
   def run(self, names, version, variables, log=None) -> tuple[dict, dict]:
     """(metrics, images) of evaluators `names` on the whole model's `variables`;
@@ -133,8 +136,8 @@ class PeriodicEvals:
     results = {"baseline/random_init": self.run(["linear_probe"], "init",
                                                 variables)[0],
                "baseline/raw_pixels": report.metrics(probe.evaluate_task(
-                   data, self._settings("linear_probe",
-                                        layer=features_lib.RAW_PIXELS), self.model))}
+                   data, self._settings("linear_probe", layer=features_lib.RAW_PIXELS,
+                                        prefixes=()), self.model))}
     if jax.process_index() == 0:
       with open(path, "w") as f:
         json.dump(results, f, indent=2)

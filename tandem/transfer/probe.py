@@ -21,10 +21,15 @@ DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def evaluate_task(data: protocol.TaskData, settings, model=None) -> list[dict]:
-  """The linear probe's record on one task. Settings: `layer` (default pre_logits),
-  `l2_grid`, `max_iter`, `seed` (the solver's row draws)."""
+  """The linear probe's records on one task. Settings: `layer` (default pre_logits),
+  `l2_grid`, `max_iter`, `seed` (the solver's row draws), `prefixes`: also probe
+  the first m dimensions of the layer for each m (Matryoshka representations; the
+  records' layer is "LAYER[:m]")."""
   del model  # Features come through `data`.
-  return [_probe(data, settings)[0]]
+  layer = settings.get("layer", "pre_logits")
+  return [_probe(data, settings)[0]] + [
+      _probe(data, {**settings, "layer": f"{layer}[:{int(m)}]"})[0]
+      for m in settings.get("prefixes", ()) or ()]
 
 
 def _probe(data: protocol.TaskData, settings

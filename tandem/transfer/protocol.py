@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import re
 from typing import Any, Callable, Hashable
 
 import numpy as np
@@ -243,7 +244,15 @@ class TaskData:
     return self.split("test")
 
   def features(self, split: str, layer: str) -> np.ndarray:
-    """float32 [N, D] features of `split` at `layer`, extracted once and cached."""
+    """float32 [N, D] features of `split` at `layer`, extracted once and cached.
+    "LAYER[:m]": the first m dimensions of LAYER's (a Matryoshka prefix)."""
+    prefix = re.fullmatch(r"(.+)\[:(\d+)\]", layer)
+    if prefix:
+      full = self.features(split, prefix.group(1))
+      if int(prefix.group(2)) > full.shape[1]:
+        raise ValueError(f"Layer {layer}: {prefix.group(1)} has only "
+                         f"{full.shape[1]} dimensions.")
+      return full[:, :int(prefix.group(2))]
     data = self.split(split)  # The fence applies to features too.
     rows = self._rows(split)
     if rows is not None:
