@@ -235,6 +235,9 @@ def probe_evals(dataset: str, data: dict, *, every: int) -> dict:
           every=every,
           # True: also probe the random-init encoder and raw pixels at step 0.
           baselines=False,
+          # Also probe these prefixes of the layer (its first m dimensions); ():
+          # config.matryoshka_dims.
+          prefixes=(),
           **splits, num_val=min(10000, data["num_train"] // 6)),
       fewshot=dict(every=every, **splits, shots=(1, 5, 10, 25), seeds=(0, 1, 2)),
       knn=dict(every=every, **splits, ks=(20, 200), temperature=0.07),

@@ -92,7 +92,8 @@ class PeriodicEvals:
 
   def _settings(self, name: str, **changes) -> dict:
     settings = {"seed": self.config.seed, **self.blocks[name].to_dict(), **changes}
-    if name == "linear_probe" and "prefixes" not in settings:  # Matryoshka runs.
+    if (name == "linear_probe" and "prefixes" not in changes  # Matryoshka runs.
+        and not settings.get("prefixes")):
       settings["prefixes"] = tuple(self.config.get("matryoshka_dims", ()) or ())
     return settings
 
