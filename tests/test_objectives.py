@@ -22,8 +22,8 @@ def test_every_objective_is_found_with_its_optional_parts(name):
 
 
 def test_unknown_objective_is_named():
-  with pytest.raises(ValueError, match="Unknown objective 'byol'"):
-    objectives.get_objective("byol")
+  with pytest.raises(ValueError, match="Unknown objective 'swav'"):
+    objectives.get_objective("swav")
   with pytest.raises(ValueError, match="lacks"):
     objectives.get_objective("siamese")  # A helper module, not an objective.
 
