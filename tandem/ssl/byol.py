@@ -40,14 +40,8 @@ def make_model(config) -> siamese.Model:
                             predictor_dims=config.byol.predictor_dims)
 
 
-def init_state(params, model_state, config):
-  del config
-  return ema.init_state(params, model_state, exclude=("predictor",))
-
-
-def make_after_update(config):
-  return ema.make_after_update(config.total_steps, config.byol.base_momentum,
-                               config.byol.get("final_momentum", 1.0))
+# The EMA teacher: no predictor; momentum from config.byol.base_momentum to 1.
+init_state, make_after_update = ema.teacher_hooks("byol")
 
 
 def make_loss_fn(model: siamese.Model, config):

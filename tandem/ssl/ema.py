@@ -77,3 +77,21 @@ def split_teacher(model_state):
   """(the model's own collections, the teacher) out of the model state."""
   own = {k: v for k, v in model_state.items() if k != objectives.OBJECTIVE_STATE}
   return own, get_teacher(model_state)
+
+
+def teacher_hooks(section: str, exclude=("predictor",)):
+  """An objective's `(init_state, make_after_update)` for a teacher of the
+  student's params less the modules in `exclude`, its momentum from
+  `config.<section>.base_momentum` to `final_momentum` (default 1) over
+  `total_steps` (BYOL, MoCo v3)."""
+
+  def init(params, model_state, config):
+    del config
+    return init_state(params, model_state, exclude)
+
+  def after(config):
+    block = config[section]
+    return make_after_update(config.total_steps, block.base_momentum,
+                             block.get("final_momentum", 1.0))
+
+  return init, after

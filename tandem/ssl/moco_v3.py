@@ -53,14 +53,8 @@ def make_model(config) -> siamese.Model:
                             projector_last_bn=True)
 
 
-def init_state(params, model_state, config):
-  del config
-  return ema.init_state(params, model_state, exclude=("predictor",))
-
-
-def make_after_update(config):
-  return ema.make_after_update(config.total_steps, config.moco_v3.base_momentum,
-                               config.moco_v3.get("final_momentum", 1.0))
+# The EMA teacher: no predictor; momentum from config.moco_v3.base_momentum to 1.
+init_state, make_after_update = ema.teacher_hooks("moco_v3")
 
 
 def make_loss_fn(model: siamese.Model, config):
